@@ -1,0 +1,1 @@
+"""mpo-dist: distributed multilingual safety alignment on DeepSpeed ZeRO-3."""
