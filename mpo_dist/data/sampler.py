@@ -1,0 +1,75 @@
+"""A resumable distributed sampler whose position is counted in GLOBAL samples, so it resumes at any world size.
+
+Epoch e uses a fixed permutation of the dataset (seed + e), wrapped to a whole number of global batches. Global batch k
+is perm[k*G : (k+1)*G] with G = world_size * micro_batch_size; rank r takes its contiguous micro-batch slice of it. The
+state is (epoch, consumed samples in the epoch): after a resume with another world size the next global batch starts
+exactly where the last one ended, so no sample is skipped or repeated.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+
+class ResumableDistributedSampler:
+    def __init__(self, dataset_size: int, *, rank: int, world_size: int, micro_batch_size: int, seed: int, shuffle: bool = True):
+        if dataset_size <= 0:
+            raise ValueError("the dataset is empty")
+        self.dataset_size = dataset_size
+        self.rank = rank
+        self.world_size = world_size
+        self.micro_batch_size = micro_batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.consumed = 0  # global samples consumed in the current epoch
+
+    @property
+    def global_batch(self) -> int:
+        return self.world_size * self.micro_batch_size
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Micro-batches each rank draws per epoch (the last global batch wraps around to stay full)."""
+        return -(-self.dataset_size // self.global_batch)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            order = list(range(self.dataset_size))
+        else:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(self.dataset_size, generator=generator).tolist()
+        padded = self.batches_per_epoch * self.global_batch
+        return (order * (padded // len(order) + 1))[:padded]
+
+    def next_batch(self) -> list[int]:
+        """Indices of this rank's next micro-batch; advances the shared position by one global batch."""
+        if self.consumed >= self.batches_per_epoch * self.global_batch:
+            self.epoch += 1
+            self.consumed = 0
+        order = self._permutation(self.epoch)
+        start = self.consumed + self.rank * self.micro_batch_size
+        self.consumed += self.global_batch
+        return order[start : start + self.micro_batch_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed, "dataset_size": self.dataset_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["dataset_size"] != self.dataset_size or state["seed"] != self.seed:
+            raise ValueError(
+                f"checkpoint sampler state is for {state['dataset_size']} samples / seed {state['seed']}, "
+                f"this run has {self.dataset_size} / {self.seed}: the data or seed changed"
+            )
+        if state["consumed"] % self.global_batch:
+            raise ValueError(
+                f"checkpoint consumed {state['consumed']} samples, not a multiple of this run's global micro-batch "
+                f"{self.global_batch}; choose a world size x micro-batch that divides it"
+            )
+        self.epoch = state["epoch"]
+        self.consumed = state["consumed"]

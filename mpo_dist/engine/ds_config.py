@@ -1,0 +1,84 @@
+"""Render DeepSpeed JSON templates: every "auto" is filled from the run config, as the HF Trainer would do.
+
+DeepSpeed itself rejects "auto"; users keep editing the JSON they know, and mpo-dist fills the values that must agree with
+the run (batch sizes, lr, schedule length, dtype, buckets sized from the model's hidden size).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from mpo_dist.config import Config
+
+
+class DeepSpeedConfigError(ValueError):
+    """A template is unreadable or keeps an "auto" that mpo-dist cannot fill."""
+
+
+def read_template(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DeepSpeedConfigError(f"DeepSpeed config template {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DeepSpeedConfigError(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from None
+
+
+def _fill(node: dict, key: str, value: Any) -> None:
+    if node.get(key) == "auto":
+        node[key] = value
+
+
+def _fill_common(rendered: dict, config: Config, world_size: int, dtype: str, hidden_size: int, on_gpu: bool) -> None:
+    micro, accum = config.train.micro_batch_size, config.train.gradient_accumulation
+    _fill(rendered, "train_micro_batch_size_per_gpu", micro)
+    _fill(rendered, "gradient_accumulation_steps", accum)
+    _fill(rendered, "train_batch_size", micro * accum * world_size)
+    for precision in ("bf16", "fp16"):
+        if precision in rendered:
+            _fill(rendered[precision], "enabled", dtype == precision)
+    zero = rendered.get("zero_optimization", {})
+    _fill(zero, "reduce_bucket_size", hidden_size * hidden_size)
+    _fill(zero, "stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size))
+    _fill(zero, "stage3_param_persistence_threshold", 10 * hidden_size)
+    for offload in ("offload_param", "offload_optimizer"):
+        if offload in zero:
+            _fill(zero[offload], "pin_memory", on_gpu)
+
+
+def _reject_leftover_auto(node: Any, source: str, path: str = "") -> None:
+    if node == "auto":
+        raise DeepSpeedConfigError(f"{source}: {path or 'value'} is \"auto\" but mpo-dist has no value for it; set it explicitly")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _reject_leftover_auto(value, source, f"{path}.{key}" if path else key)
+
+
+def render_policy_config(config: Config, *, world_size: int, total_steps: int, dtype: str, hidden_size: int, on_gpu: bool) -> dict:
+    rendered = copy.deepcopy(read_template(config.engine.policy_config))
+    _fill_common(rendered, config, world_size, dtype, hidden_size, on_gpu)
+    _fill(rendered, "gradient_clipping", config.optim.max_grad_norm)
+    optimizer = rendered.get("optimizer", {}).get("params", {})
+    _fill(optimizer, "lr", config.optim.lr)
+    _fill(optimizer, "betas", list(config.optim.betas))
+    _fill(optimizer, "eps", config.optim.eps)
+    _fill(optimizer, "weight_decay", config.optim.weight_decay)
+    scheduler = rendered.get("scheduler", {}).get("params", {})
+    _fill(scheduler, "total_num_steps", max(total_steps, 1))
+    _fill(scheduler, "warmup_num_steps", max(int(round(config.optim.warmup_ratio * total_steps)), 1))
+    _fill(scheduler, "cos_min_ratio", config.optim.min_lr_ratio)
+    _reject_leftover_auto(rendered, config.engine.policy_config)
+    return rendered
+
+
+def render_reference_config(config: Config, *, world_size: int, dtype: str, hidden_size: int, on_gpu: bool) -> dict:
+    rendered = copy.deepcopy(read_template(config.engine.reference_config))
+    _fill_common(rendered, config, world_size, dtype, hidden_size, on_gpu)
+    for key in ("optimizer", "scheduler"):
+        if key in rendered:
+            raise DeepSpeedConfigError(f"{config.engine.reference_config}: the reference engine is frozen; remove its '{key}' section")
+    _reject_leftover_auto(rendered, config.engine.reference_config)
+    return rendered

@@ -1,0 +1,166 @@
+"""The only module that talks to DeepSpeed: process group, the policy and reference engines, and their checkpoints.
+
+The trainer sees `PolicyEngine` / `ReferenceEngine` with forward, backward, step, save and load; swapping DeepSpeed for
+another sharding backend would touch this file alone. On a machine without CUDA, DS_ACCELERATOR=cpu and gloo are chosen
+before DeepSpeed is imported, so the same code runs on a laptop, in CI and on a GPU cluster.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from mpo_dist.data.collate import Batch
+from mpo_dist.models.alignment_model import AlignmentModel, ModelOutputs
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_distributed() -> DistributedContext:
+    """Join the process group torchrun/srun set up (or make a 1-process one), nccl on GPU, gloo on CPU."""
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "RANK" not in os.environ:  # a plain `python` run: a world of one
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    import deepspeed
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if on_gpu:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
+    device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_ranks_agree(flag: bool, device: torch.device) -> bool:
+    """True on every rank if `flag` is true on any rank (stop requests, preemption)."""
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def _call_model(engine: Any, batch: Batch, rows: list[int] | None, with_mlc: bool) -> ModelOutputs:
+    input_ids, attention_mask, labels = batch.input_ids, batch.attention_mask, batch.labels
+    if rows is not None:
+        input_ids, attention_mask, labels = input_ids[rows], attention_mask[rows], labels[rows]
+    mlc_rows = batch.rows("mlc") if with_mlc and batch.num_mlc_languages else None
+    return engine(input_ids, attention_mask, labels, mlc_rows, batch.last_prompt_index if mlc_rows else None)
+
+
+class PolicyEngine:
+    """ZeRO-3 engine with optimizer + scheduler around an AlignmentModel."""
+
+    def __init__(self, module: AlignmentModel, ds_config: dict):
+        import deepspeed
+
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        self.engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=trainable, config=ds_config)
+        self.engine.train()
+
+    def forward(self, batch: Batch) -> ModelOutputs:
+        return _call_model(self.engine, batch, None, with_mlc=True)
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> ModelOutputs:
+        self.engine.eval()
+        try:
+            return _call_model(self.engine, batch, None, with_mlc=False)
+        finally:
+            self.engine.train()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        """One micro-step; DeepSpeed applies the optimizer (with clipping and the schedule) at accumulation boundaries."""
+        self.engine.step()
+
+    @property
+    def lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    @property
+    def grad_norm(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def save(self, directory: Path, tag: str, client_state: dict) -> None:
+        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+
+    def load(self, directory: Path, tag: str) -> dict:
+        path, client_state = self.engine.load_checkpoint(
+            str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise FileNotFoundError(f"DeepSpeed found no checkpoint {tag} in {directory}")
+        return client_state or {}
+
+    def gathered_state_dict(self) -> dict[str, torch.Tensor]:
+        """Full weights of the wrapped model on rank 0 (others get {}); for small models and tests only."""
+        import deepspeed
+
+        module = self.engine.module
+        state: dict[str, torch.Tensor] = {}
+        for name, param in module.named_parameters():
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                if dist.get_rank() == 0:
+                    state[name] = param.detach().clone().cpu()
+        return state
+
+    @property
+    def module(self) -> AlignmentModel:
+        return self.engine.module
+
+
+class ReferenceEngine:
+    """Frozen ZeRO-3 engine (no optimizer), parameters offloaded to CPU per its config, always eval + no_grad."""
+
+    def __init__(self, module: AlignmentModel, ds_config: dict):
+        import deepspeed
+
+        for param in module.parameters():
+            param.requires_grad_(False)
+        self.engine, _, _, _ = deepspeed.initialize(model=module, config=ds_config)
+        self.engine.eval()
+
+    @torch.no_grad()
+    def forward(self, batch: Batch, rows: list[int]) -> ModelOutputs:
+        return _call_model(self.engine, batch, rows, with_mlc=False)
+
+    @property
+    def module(self) -> AlignmentModel:
+        return self.engine.module

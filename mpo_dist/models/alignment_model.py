@@ -1,0 +1,50 @@
+"""The module DeepSpeed wraps: a causal LM whose `lm_head` is a log-prob head, plus the optional MLC projection.
+
+One forward returns what every loss needs — per-token label log-probs, final hidden states (MPO's L2) and the projected
+prompt representations (MLC) — so the policy runs exactly one forward per micro-step on every rank.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from mpo_dist.models.head import LogProbHead
+
+
+@dataclass
+class ModelOutputs:
+    token_logprobs: torch.Tensor  # [R, T] float32, 0 where the label is ignored
+    last_hidden: torch.Tensor  # [R, T, H] final hidden state (after the final norm)
+    mlc_vectors: torch.Tensor | None  # [P*L, D] projected prompt representations, or None without MLC
+
+
+class AlignmentModel(nn.Module):
+    def __init__(self, causal_lm: PreTrainedModel, backend: str, chunk_size: int,
+                 mlc_projection: nn.Module | None = None, mlc_layer: int = -1):
+        super().__init__()
+        softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
+        causal_lm.lm_head = LogProbHead(causal_lm.lm_head, softcap, backend, chunk_size)
+        self.causal_lm = causal_lm
+        self.mlc_projection = mlc_projection
+        self.mlc_layer = mlc_layer
+
+    @property
+    def backbone(self) -> nn.Module:
+        return getattr(self.causal_lm, self.causal_lm.base_model_prefix)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                mlc_rows: slice | None = None, last_prompt_index: torch.Tensor | None = None) -> ModelOutputs:
+        want_layers = mlc_rows is not None and self.mlc_layer != -1
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=want_layers, use_cache=False)
+        last_hidden = out.last_hidden_state
+        token_logprobs = self.causal_lm.lm_head(last_hidden, labels)
+        mlc_vectors = None
+        if mlc_rows is not None and self.mlc_projection is not None and last_prompt_index is not None:
+            layer_hidden = out.hidden_states[self.mlc_layer] if want_layers else last_hidden
+            rows = layer_hidden[mlc_rows]
+            prompt_states = rows[torch.arange(rows.shape[0], device=rows.device), last_prompt_index]
+            mlc_vectors = self.mlc_projection(prompt_states)
+        return ModelOutputs(token_logprobs, last_hidden, mlc_vectors)

@@ -1,0 +1,78 @@
+"""Load a local Hugging Face causal LM straight into ZeRO-3 partitions.
+
+The model is built inside `deepspeed.zero.Init`, so every parameter is partitioned as it is created; then each rank
+reads the safetensors files one tensor at a time (memory-mapped) and copies only ITS slice of the flattened tensor into
+its partition. No rank ever holds more than one full tensor, and no collective is needed to load.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def safetensors_index(model_dir: Path) -> dict[str, Path]:
+    """Tensor name -> shard file, from model.safetensors.index.json or the single model.safetensors."""
+    index_file = model_dir / "model.safetensors.index.json"
+    if index_file.is_file():
+        weight_map = json.loads(index_file.read_text())["weight_map"]
+        return {name: model_dir / shard for name, shard in weight_map.items()}
+    single = model_dir / "model.safetensors"
+    if not single.is_file():
+        raise FileNotFoundError(f"{model_dir}: no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)")
+    with safe_open(str(single), framework="pt") as handle:
+        return {name: single for name in handle.keys()}
+
+
+def _copy_into_partition(param: torch.nn.Parameter, full: torch.Tensor) -> None:
+    """Write this rank's slice of `full` into a ZeRO-3 parameter's local partition (`ds_tensor`)."""
+    if tuple(full.shape) != tuple(param.ds_shape):
+        raise ValueError(f"shape mismatch: file has {tuple(full.shape)}, model expects {tuple(param.ds_shape)}")
+    partition = param.ds_tensor
+    size = partition.ds_numel
+    start = size * dist.get_rank(group=param.ds_process_group)
+    flat = full.reshape(-1)
+    piece = flat[start : min(start + size, flat.numel())]
+    with torch.no_grad():
+        partition.zero_()
+        partition.narrow(0, 0, piece.numel()).copy_(piece.to(partition.dtype))
+
+
+def load_weights_into_zero3(model: PreTrainedModel, model_dir: Path) -> None:
+    index = safetensors_index(model_dir)
+    handles: dict[Path, object] = {}
+    try:
+        for name, param in model.named_parameters():
+            if name not in index:
+                raise KeyError(f"{model_dir}: the checkpoint has no tensor {name!r} that the model needs")
+            shard = index[name]
+            if shard not in handles:
+                handles[shard] = safe_open(str(shard), framework="pt")
+            full = handles[shard].get_tensor(name)  # type: ignore[attr-defined]
+            if hasattr(param, "ds_tensor"):
+                _copy_into_partition(param, full)
+            else:
+                with torch.no_grad():
+                    param.copy_(full.to(param.dtype))
+    finally:
+        handles.clear()
+
+
+def load_causal_lm(model_dir: str | Path, ds_config: dict, dtype: torch.dtype, attn_implementation: str) -> PreTrainedModel:
+    """Build `model_dir`'s architecture partitioned under ZeRO-3 (per `ds_config`) and fill it from its safetensors."""
+    import deepspeed
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a Hugging Face model directory (no config.json)")
+    config = AutoConfig.from_pretrained(model_dir)
+    with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+        model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype, attn_implementation=attn_implementation)
+    load_weights_into_zero3(model, model_dir)
+    return model
