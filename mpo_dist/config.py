@@ -218,7 +218,7 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     kwargs = {name: _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name) for name, value in data.items()}
     try:
         return cls(**kwargs)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise ConfigError(f"{prefix or 'config'}: {error}") from None
 
 

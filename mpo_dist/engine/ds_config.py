@@ -17,8 +17,14 @@ class DeepSpeedConfigError(ValueError):
     """A template is unreadable or keeps an "auto" that mpo-dist cannot fill."""
 
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
 def read_template(path: str | Path) -> dict:
+    """A relative path is tried from the working directory, then from the mpo-dist checkout (where the templates ship)."""
     path = Path(path)
+    if not path.is_file() and not path.is_absolute() and (REPO_ROOT / path).is_file():
+        path = REPO_ROOT / path
     if not path.is_file():
         raise DeepSpeedConfigError(f"DeepSpeed config template {path} does not exist")
     try:

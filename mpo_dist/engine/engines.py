@@ -164,3 +164,24 @@ class ReferenceEngine:
     @property
     def module(self) -> AlignmentModel:
         return self.engine.module
+
+
+def build_alignment_model(model_dir: str, ds_config: dict, dtype: torch.dtype, *, attn_implementation: str,
+                          logprob_backend: str, logprob_chunk_size: int, gradient_checkpointing: bool = False,
+                          mlc_dim: int = 0, mlc_layer: int = -1, seed: int = 0) -> AlignmentModel:
+    """The causal LM loaded into ZeRO-3 partitions, its head swapped for the log-prob head, and (mlc_dim > 0) a
+    freshly initialised MLC projection created under the same partitioning so ZeRO-3 shards and checkpoints it too."""
+    import deepspeed
+
+    from mpo_dist.engine.zero3_loading import load_causal_lm
+    from mpo_dist.losses.mlc import MLCProjection
+
+    causal_lm = load_causal_lm(model_dir, ds_config, dtype, attn_implementation)
+    if gradient_checkpointing:
+        causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    projection = None
+    if mlc_dim > 0:
+        torch.manual_seed(seed)
+        with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+            projection = MLCProjection(causal_lm.config.hidden_size, mlc_dim)
+    return AlignmentModel(causal_lm, logprob_backend, logprob_chunk_size, projection, mlc_layer)

@@ -71,9 +71,13 @@ def kernel_configs(device: torch.device, dtype: torch.dtype) -> KernelConfigs:
     return KernelConfigs(TileConfig(128, 256, 64, 8, 3), TileConfig(128, 256, 64, 8, 3))
 
 
-def _input_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs get true fp32 dots (torch's default, no TF32); the flag is ignored for half inputs."""
-    return "ieee" if dtype == torch.float32 else "tf32"
+def _dot_options(device: torch.device, dtype: torch.dtype) -> dict[str, object]:
+    """Constexprs for `_dot`. fp32 inputs get true fp32 dots (torch's default, no TF32; the precision flag is ignored
+    for half inputs). The CPU interpreter cannot dot bf16 (it multiplies the raw bit patterns, triton issue #11584),
+    so there the operands are upcast first: bf16 products are exact in fp32, so results match an fp32-accumulating
+    tensor-core dot up to summation order."""
+    upcast = device.type != "cuda" and dtype == torch.bfloat16
+    return {"INPUT_PRECISION": "ieee" if dtype == torch.float32 or upcast else "tf32", "DOT_IN_FP32": upcast}
 
 
 @triton.jit
@@ -82,6 +86,14 @@ def _tanh(x):
     e = tl.exp(-2.0 * tl.abs(x))
     t = (1.0 - e) / (1.0 + e)
     return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr):
+    if DOT_IN_FP32:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
 
 @triton.jit
@@ -94,24 +106,29 @@ def _grouped_tile(pid, num_row_blocks, num_col_blocks, GROUP: tl.constexpr):
 
 
 @triton.jit
-def _logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, row_mask, col_mask, H, stride_hn, stride_wv, softcap,
+def _logits_tile(h_ptr, w_ptr, b_ptr, row_start, col_start, num_rows, num_cols, H, stride_hn, stride_wv, softcap,
                  HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    """fp32 [BLOCK_M, BLOCK_N] tile of softcap(hidden[rows] @ weight[cols].T (+bias)); 0 where rows/cols are masked
-    (before the soft-cap, which maps 0 to 0)."""
+                 BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr):
+    """fp32 [BLOCK_M, BLOCK_N] tile of softcap(hidden @ weight.T (+bias)) at (row_start, col_start); rows >= num_rows
+    and cols >= num_cols read zeros. Block bases are 64-bit scalars and in-tile offsets 32-bit, which keeps large
+    tensors addressable without 64-bit per-element offsets (they cost registers and cause spills)."""
+    local_rows = tl.arange(0, BLOCK_M)
+    local_cols = tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    h_ptrs = h_ptr + rows.to(tl.int64)[:, None] * stride_hn + offs_k[None, :]
-    w_ptrs = w_ptr + cols.to(tl.int64)[None, :] * stride_wv + offs_k[:, None]
+    row_mask = local_rows < num_rows - row_start
+    col_mask = local_cols < num_cols - col_start
+    h_ptrs = h_ptr + row_start.to(tl.int64) * stride_hn + (local_rows[:, None] * stride_hn + offs_k[None, :])
+    w_ptrs = w_ptr + col_start.to(tl.int64) * stride_wv + (local_cols[None, :] * stride_wv + offs_k[:, None])
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(H, BLOCK_K)):
         k_mask = offs_k < H - k * BLOCK_K
         h_tile = tl.load(h_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
         w_tile = tl.load(w_ptrs, mask=k_mask[:, None] & col_mask[None, :], other=0.0)
-        acc = tl.dot(h_tile, w_tile, acc, input_precision=INPUT_PRECISION)
+        acc = _dot(h_tile, w_tile, acc, INPUT_PRECISION, DOT_IN_FP32)
         h_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
     if HAS_BIAS:
-        acc += tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+        acc += tl.load(b_ptr + col_start + local_cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_SOFTCAP:
         acc = softcap * _tanh(acc / softcap)
     return acc
@@ -121,22 +138,24 @@ def _logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, row_mask, col_mask, H, stride_
 def _lse_partial_kernel(h_ptr, w_ptr, b_ptr, labels_ptr, max_ptr, sumexp_ptr, label_logit_ptr,
                         N, V, H, stride_hn, stride_wv, tiles_per_split, num_splits, softcap,
                         HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK_M: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                        DOT_IN_FP32: tl.constexpr):
     """Per (row block, vocab split): running max, sum of exp(z - max) and the label logit (0 if not in the split)."""
     pid = tl.program_id(0)
     split = pid % num_splits
-    rows = (pid // num_splits) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_start = (pid // num_splits) * BLOCK_M
+    rows = row_start + tl.arange(0, BLOCK_M)
     row_mask = rows < N
     labels = tl.load(labels_ptr + rows, mask=row_mask, other=-1)
     running_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     sumexp = tl.zeros((BLOCK_M,), dtype=tl.float32)
     label_logit = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for t in range(0, tiles_per_split):
-        cols = (split * tiles_per_split + t) * BLOCK_N + tl.arange(0, BLOCK_N)
-        col_mask = cols < V
-        z = _logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, row_mask, col_mask, H, stride_hn, stride_wv, softcap,
-                            HAS_BIAS, HAS_SOFTCAP, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION)
-        z = tl.where(col_mask[None, :], z, float("-inf"))
+        col_start = (split * tiles_per_split + t) * BLOCK_N
+        cols = col_start + tl.arange(0, BLOCK_N)
+        z = _logits_tile(h_ptr, w_ptr, b_ptr, row_start, col_start, N, V, H, stride_hn, stride_wv, softcap,
+                         HAS_BIAS, HAS_SOFTCAP, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION, DOT_IN_FP32)
+        z = tl.where((cols < V)[None, :], z, float("-inf"))
         new_max = tl.maximum(running_max, tl.max(z, axis=1))
         sumexp = sumexp * tl.exp(running_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), axis=1)
         running_max = new_max
@@ -152,25 +171,29 @@ def _grad_logits_kernel(h_ptr, w_ptr, b_ptr, labels_ptr, lse_ptr, grad_out_ptr, 
                         N, H, vocab_start, chunk_len, stride_hn, stride_wv, stride_gl, stride_bp, softcap,
                         ignore_index, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                         WRITE_BIAS_PARTIAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                        DOT_IN_FP32: tl.constexpr):
     """G[rows, chunk cols] = g * (onehot(label) - exp(z - lse)) * softcap slope; 0 on ignored rows."""
     row_block, col_block = _grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_M), tl.cdiv(chunk_len, BLOCK_N), GROUP_M)
-    rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
-    local_cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = vocab_start + local_cols
+    row_start = row_block * BLOCK_M
+    local_col_start = col_block * BLOCK_N
+    rows = row_start + tl.arange(0, BLOCK_M)
+    local_cols = local_col_start + tl.arange(0, BLOCK_N)
     row_mask = rows < N
     col_mask = local_cols < chunk_len
-    z = _logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, row_mask, col_mask, H, stride_hn, stride_wv, softcap,
-                          HAS_BIAS, HAS_SOFTCAP, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION)
+    z = _logits_tile(h_ptr, w_ptr, b_ptr, row_start, vocab_start + local_col_start, N, vocab_start + chunk_len, H,
+                     stride_hn, stride_wv, softcap, HAS_BIAS, HAS_SOFTCAP, BLOCK_M, BLOCK_N, BLOCK_K,
+                     INPUT_PRECISION, DOT_IN_FP32)
     labels = tl.load(labels_ptr + rows, mask=row_mask, other=ignore_index)
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
     row_scale = tl.load(grad_out_ptr + rows, mask=row_mask & (labels != ignore_index), other=0.0)
-    grad = tl.where(cols[None, :] == labels[:, None], 1.0, 0.0) - tl.exp(z - lse[:, None])
+    grad = tl.where((vocab_start + local_cols)[None, :] == labels[:, None], 1.0, 0.0) - tl.exp(z - lse[:, None])
     if HAS_SOFTCAP:
         tanh = z / softcap  # z = softcap * tanh(raw / softcap); d z / d raw = 1 - tanh^2
         grad = grad * (1.0 - tanh * tanh)
     grad = tl.where(col_mask[None, :], grad * row_scale[:, None], 0.0)
-    out_ptrs = grad_logits_ptr + rows.to(tl.int64)[:, None] * stride_gl + local_cols[None, :]
+    out_ptrs = (grad_logits_ptr + row_start.to(tl.int64) * stride_gl
+                + (tl.arange(0, BLOCK_M)[:, None] * stride_gl + local_cols[None, :]))
     tl.store(out_ptrs, grad.to(grad_logits_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
     if WRITE_BIAS_PARTIAL:
         tl.store(bias_partial_ptr + row_block * stride_bp + local_cols, tl.sum(grad, axis=0), mask=col_mask)
@@ -179,34 +202,38 @@ def _grad_logits_kernel(h_ptr, w_ptr, b_ptr, labels_ptr, lse_ptr, grad_out_ptr, 
 @triton.jit
 def _grad_hidden_kernel(g_ptr, w_ptr, hi_ptr, lo_ptr, N, H, vocab_start, chunk_len, stride_gl, stride_wv, stride_out,
                         FIRST_CHUNK: tl.constexpr, HAS_LO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                        DOT_IN_FP32: tl.constexpr):
     """(hi + lo)[rows, hcols] += G_chunk[rows] @ weight[chunk, hcols], carried as hi = half(x), lo = half(x - hi)."""
     row_block, col_block = _grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_M), tl.cdiv(H, BLOCK_N), GROUP_M)
-    rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_start = row_block * BLOCK_M
+    local_rows = tl.arange(0, BLOCK_M)
     hcols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
-    col_mask = hcols < H
     offs_k = tl.arange(0, BLOCK_K)
-    g_ptrs = g_ptr + rows.to(tl.int64)[:, None] * stride_gl + offs_k[None, :]
-    w_ptrs = w_ptr + (vocab_start + offs_k).to(tl.int64)[:, None] * stride_wv + hcols[None, :]
+    row_mask = local_rows < N - row_start
+    col_mask = hcols < H
+    g_ptrs = g_ptr + row_start.to(tl.int64) * stride_gl + (local_rows[:, None] * stride_gl + offs_k[None, :])
+    w_ptrs = w_ptr + vocab_start.to(tl.int64) * stride_wv + (offs_k[:, None] * stride_wv + hcols[None, :])
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(chunk_len, BLOCK_K)):
         k_mask = offs_k < chunk_len - k * BLOCK_K
         g_tile = tl.load(g_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
         w_tile = tl.load(w_ptrs, mask=k_mask[:, None] & col_mask[None, :], other=0.0)
-        acc = tl.dot(g_tile, w_tile, acc, input_precision=INPUT_PRECISION)
+        acc = _dot(g_tile, w_tile, acc, INPUT_PRECISION, DOT_IN_FP32)
         g_ptrs += BLOCK_K
         w_ptrs += BLOCK_K * stride_wv
-    out_offsets = rows.to(tl.int64)[:, None] * stride_out + hcols[None, :]
+    block_offset = row_start.to(tl.int64) * stride_out
+    out_offsets = local_rows[:, None] * stride_out + hcols[None, :]
     out_mask = row_mask[:, None] & col_mask[None, :]
     if not FIRST_CHUNK:
-        acc += tl.load(hi_ptr + out_offsets, mask=out_mask, other=0.0).to(tl.float32)
+        acc += tl.load(hi_ptr + block_offset + out_offsets, mask=out_mask, other=0.0).to(tl.float32)
         if HAS_LO:
-            acc += tl.load(lo_ptr + out_offsets, mask=out_mask, other=0.0).to(tl.float32)
+            acc += tl.load(lo_ptr + block_offset + out_offsets, mask=out_mask, other=0.0).to(tl.float32)
     hi = acc.to(hi_ptr.dtype.element_ty)
-    tl.store(hi_ptr + out_offsets, hi, mask=out_mask)
+    tl.store(hi_ptr + block_offset + out_offsets, hi, mask=out_mask)
     if HAS_LO:
-        tl.store(lo_ptr + out_offsets, (acc - hi.to(tl.float32)).to(lo_ptr.dtype.element_ty), mask=out_mask)
+        residual = (acc - hi.to(tl.float32)).to(lo_ptr.dtype.element_ty)
+        tl.store(lo_ptr + block_offset + out_offsets, residual, mask=out_mask)
 
 
 def _num_splits(row_blocks: int, vocab_tiles: int, device: torch.device) -> int:
@@ -234,7 +261,7 @@ def _forward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor
         n, v, h, hidden.stride(0), weight.stride(0), triton.cdiv(vocab_tiles, splits), splits,
         softcap if softcap is not None else 1.0,
         HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, INPUT_PRECISION=_input_precision(hidden.dtype),
+        BLOCK_K=cfg.block_k, **_dot_options(hidden.device, hidden.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     split_max, split_sumexp, split_label_logit = partial
@@ -264,7 +291,7 @@ def _backward(grad_out: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor | N
     grad_bias = torch.empty(v, dtype=torch.float32, device=weight.device) if need_bias else None
     grad_logits = torch.empty((n, min(chunk, v)), dtype=hidden.dtype, device=hidden.device)
     bias_partial = torch.empty((row_blocks, min(chunk, v)), dtype=torch.float32, device=hidden.device) if need_bias else None
-    precision = _input_precision(hidden.dtype)
+    dot_options = _dot_options(hidden.device, hidden.dtype)
     for chunk_index, vocab_start in enumerate(range(0, v, chunk)):
         length = min(chunk, v - vocab_start)
         _grad_logits_kernel[(row_blocks * triton.cdiv(length, cfg.block_n),)](
@@ -275,7 +302,7 @@ def _backward(grad_out: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor | N
             softcap if softcap is not None else 1.0, ignore_index,
             HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None, WRITE_BIAS_PARTIAL=need_bias,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-            INPUT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **dot_options, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         chunk_grad_logits = grad_logits[:, :length]
         if grad_weight is not None:
@@ -287,7 +314,7 @@ def _backward(grad_out: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor | N
                 grad_logits, weight, grad_hidden, residual if residual is not None else grad_hidden,
                 n, h, vocab_start, length, grad_logits.stride(0), weight.stride(0), grad_hidden.stride(0),
                 FIRST_CHUNK=chunk_index == 0, HAS_LO=residual is not None, BLOCK_M=gh_cfg.block_m,
-                BLOCK_N=gh_cfg.block_n, BLOCK_K=gh_cfg.block_k, GROUP_M=gh_cfg.group_m, INPUT_PRECISION=precision,
+                BLOCK_N=gh_cfg.block_n, BLOCK_K=gh_cfg.block_k, GROUP_M=gh_cfg.group_m, **dot_options,
                 num_warps=gh_cfg.num_warps, num_stages=gh_cfg.num_stages,
             )
     return grad_hidden, grad_weight, grad_bias.to(bias.dtype) if grad_bias is not None else None

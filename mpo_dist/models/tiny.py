@@ -87,7 +87,7 @@ def tiny_config(family: str, tokenizer: PreTrainedTokenizerBase, hidden_size: in
 
 def build_tiny_model(family: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0, **sizes: int) -> PreTrainedModel:
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(family, tokenizer, **sizes), torch_dtype=torch.float32)
+    return AutoModelForCausalLM.from_config(tiny_config(family, tokenizer, **sizes), dtype=torch.float32)
 
 
 def init_tiny(out_dir: str | Path, family: str = "llama", seed: int = 0, vocab_size: int = 2000, **sizes: int) -> Path:

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers.initialization import no_init_weights
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -72,7 +73,8 @@ def load_causal_lm(model_dir: str | Path, ds_config: dict, dtype: torch.dtype, a
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a Hugging Face model directory (no config.json)")
     config = AutoConfig.from_pretrained(model_dir)
-    with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
-        model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype, attn_implementation=attn_implementation)
+    # Random init is skipped: every weight comes from the files, and HF's init cannot index ZeRO-3's empty placeholders.
+    with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype), no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     load_weights_into_zero3(model, model_dir)
     return model

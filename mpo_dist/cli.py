@@ -1,0 +1,61 @@
+"""`mpo-dist` command line: train | init-tiny | demo | plan | ... Each sub-command lives in its own module and registers
+itself here; this file only dispatches."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mpo_dist.config import load_config
+    from mpo_dist.train.trainer import Trainer
+
+    overrides = list(args.set or [])
+    if args.resume:
+        overrides.append(f"checkpoint.resume={args.resume}")
+    config = load_config(args.config, overrides)
+    return Trainer(config).train().exit_code
+
+
+def _init_tiny(args: argparse.Namespace) -> int:
+    from mpo_dist.models.tiny import init_tiny
+
+    path = init_tiny(args.out, args.family, seed=args.seed, hidden_size=args.hidden_size, layers=args.layers)
+    print(f"wrote tiny {args.family} model to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mpo_dist import demo
+    from mpo_dist.plan.command import register as register_plan
+
+    parser = argparse.ArgumentParser(prog="mpo-dist", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train MPO / MLC / a baseline (run under torchrun or srun)")
+    train.add_argument("--config", type=Path, help="YAML config (see docs/configuration.md)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. --set optim.lr=1e-6")
+    train.add_argument("--resume", help="none | auto | PATH (shortcut for --set checkpoint.resume=...)")
+    train.set_defaults(func=_train)
+
+    tiny = commands.add_parser("init-tiny", help="write a tiny random-init model + sample tokenizer (tests, demo)")
+    tiny.add_argument("out", type=Path)
+    tiny.add_argument("--family", default="llama", choices=["llama", "gemma2", "qwen2"])
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--hidden-size", type=int, default=64)
+    tiny.add_argument("--layers", type=int, default=2)
+    tiny.set_defaults(func=_init_tiny)
+
+    demo.register(commands)
+    register_plan(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

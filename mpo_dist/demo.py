@@ -1,0 +1,80 @@
+"""`mpo-dist demo`: the whole product on a laptop CPU in a few minutes.
+
+1. a tiny random Llama + a sentencepiece tokenizer trained on the bundled text;
+2. an English-only SimPO warm-up (2 processes, ZeRO-3) so the model really prefers refusals in English;
+3. MPO on the six target languages (2 processes, ZeRO-3 policy + CPU-offloaded ZeRO-3 reference);
+4. a per-language table of held-out reward gaps before and after MPO beside the English reference gap.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def torchrun(nproc: int, config: Path, overrides: list[str]) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "mpo_dist.cli", "train", "--config", str(config)]
+    for override in overrides:
+        command += ["--set", override]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    print("+ " + " ".join(command), flush=True)
+    subprocess.run(command, check=True, env=env, cwd=REPO_ROOT)
+
+
+def read_eval(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines() if line]
+
+
+def gap_table(before: dict[str, float], after: dict[str, float], dominant: str, beta: float) -> tuple[str, bool]:
+    """Markdown table; the target for language t is the reference dominant gap / beta (MPO pulls beta*RG_t to RG_d_ref)."""
+    target = before[dominant] / beta
+    rows = [f"| language | gap before MPO | gap after MPO | target ({dominant} reference gap / beta) | moved towards it |",
+            "|---|---:|---:|---:|:---:|"]
+    all_moved = True
+    for lang in sorted(before):
+        if lang == dominant:
+            rows.append(f"| {lang} (dominant) | {before[lang]:+.4f} | {after[lang]:+.4f} | {target:+.4f} | |")
+            continue
+        moved = abs(after[lang] - target) < abs(before[lang] - target)
+        all_moved &= moved
+        rows.append(f"| {lang} | {before[lang]:+.4f} | {after[lang]:+.4f} | {target:+.4f} | {'yes' if moved else 'NO'} |")
+    return "\n".join(rows), all_moved
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from mpo_dist.models.tiny import init_tiny
+
+    started = time.monotonic()
+    out = args.out.resolve()
+    base, warmup, mpo = out / "base", out / "warmup", out / "mpo"
+    if not (base / "config.json").is_file():
+        init_tiny(base, "llama", seed=0, hidden_size=args.hidden_size, layers=args.layers)
+    torchrun(args.nproc, REPO_ROOT / "configs/demo_warmup.yaml",
+             [f"model.path={base}", f"train.output_dir={warmup}", "checkpoint.resume=none"])
+    torchrun(args.nproc, REPO_ROOT / "configs/demo_mpo.yaml",
+             [f"model.path={warmup / 'hf'}", f"train.output_dir={mpo}", "checkpoint.resume=none"])
+    history = read_eval(mpo)
+    table, all_moved = gap_table(history[0]["reward_gap"], history[-1]["reward_gap"], "en", beta=1.0)
+    minutes = (time.monotonic() - started) / 60
+    report = (f"# mpo-dist demo: held-out reward gaps (A(chosen) - A(rejected)) per language\n\n{table}\n\n"
+              f"All target languages moved towards the English reference gap: {'yes' if all_moved else 'NO'}\n"
+              f"Demo wall time: {minutes:.1f} min. TensorBoard: tensorboard --logdir {out}\n")
+    (out / "demo_report.md").write_text(report)
+    print("\n" + report)
+    return 0 if all_moved else 1
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("demo", help="tiny-model MPO demo on the bundled sample data (CPU, 2 processes)")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.set_defaults(func=run_demo)

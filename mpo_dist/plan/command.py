@@ -1,0 +1,128 @@
+"""The `mpo-dist plan` sub-command: argument parsing and the table / JSON report."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mpo_dist.plan.memory import (
+    ATTENTION_KINDS,
+    DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE,
+    DEEPSPEED_DEFAULT_SUB_GROUP_SIZE,
+    GIB,
+    HALF_PRECISION_DTYPES,
+    PERSISTENT,
+    REFERENCE_MODES,
+    DeepSpeedCrossCheck,
+    MemoryPlan,
+    PlanSettings,
+    compare_with_deepspeed,
+    plan_memory,
+)
+from mpo_dist.plan.model_shape import bundled_model_names, load_model_shape
+
+
+def register(subparsers) -> None:
+    """Add `plan` to the CLI's sub-command parsers; the CLI then calls args.func(args)."""
+    parser = subparsers.add_parser(
+        "plan", help="estimate per-GPU and per-node memory of a ZeRO-3 training run before submitting it",
+        description="Estimate per-GPU and per-node memory of one MPO / DPO-family training step under DeepSpeed "
+                    "ZeRO-3 and say whether it fits. Exit status: 0 fits, 1 does not fit, 2 bad input.")
+    parser.add_argument("--model", required=True,
+                        help=f"config.json path, local HF model directory, or bundled name "
+                             f"({', '.join(bundled_model_names())})")
+    parser.add_argument("--nodes", type=int, required=True, help="number of nodes")
+    parser.add_argument("--gpus-per-node", type=int, required=True, help="GPUs (ranks) per node")
+    parser.add_argument("--gpu-mem", type=float, required=True, help="memory per GPU, GiB")
+    parser.add_argument("--cpu-mem", type=float, required=True, help="host memory per node, GiB")
+    parser.add_argument("--seq-len", type=int, default=1024, help="tokens per sequence (default 1024)")
+    parser.add_argument("--micro-batch", type=int, default=1, help="examples per GPU per micro-step (default 1)")
+    parser.add_argument("--sequences-per-example", type=int, default=4,
+                        help="policy sequences per example: MPO 4 (target chosen/rejected + dominant "
+                             "chosen/rejected), DPO family 2 (default 4)")
+    parser.add_argument("--dtype", choices=HALF_PRECISION_DTYPES, default="bf16", help="training dtype")
+    parser.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                        help="recompute each decoder layer in backward (default on)")
+    parser.add_argument("--offload-optimizer", action="store_true",
+                        help="ZeRO-3 offload_optimizer=cpu: gradients and fp32 states live in host memory")
+    parser.add_argument("--reference", choices=REFERENCE_MODES, default="online",
+                        help="online: second ZeRO-3 engine with offload_param=cpu; cache: precomputed reference "
+                             "terms, no reference engine; none: loss without reference (default online)")
+    parser.add_argument("--head-chunk", type=int, default=4096,
+                        help="tokens per logits tile in the fused log-prob head; 0 = Triton kernel (default 4096)")
+    parser.add_argument("--attention", choices=ATTENTION_KINDS, default="flash",
+                        help="flash: memory-efficient attention (flash/SDPA); eager: keeps seq x seq scores")
+    parser.add_argument("--reduce-bucket-size", type=int, default=DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE,
+                        help="zero_optimization.reduce_bucket_size in elements (DeepSpeed default 5e8)")
+    parser.add_argument("--sub-group-size", type=int, default=DEEPSPEED_DEFAULT_SUB_GROUP_SIZE,
+                        help="zero_optimization.sub_group_size in elements (DeepSpeed default 1e9)")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
+    parser.set_defaults(func=run)
+
+
+def settings_from_args(args) -> PlanSettings:
+    return PlanSettings(
+        nodes=args.nodes, gpus_per_node=args.gpus_per_node, gpu_mem_gib=args.gpu_mem, cpu_mem_gib=args.cpu_mem,
+        seq_len=args.seq_len, micro_batch=args.micro_batch, sequences_per_example=args.sequences_per_example,
+        dtype=args.dtype, activation_checkpointing=args.activation_checkpointing,
+        offload_optimizer=args.offload_optimizer, reference=args.reference, head_chunk=args.head_chunk,
+        attention=args.attention, reduce_bucket_size=args.reduce_bucket_size, sub_group_size=args.sub_group_size)
+
+
+def run(args) -> int:
+    try:
+        settings = settings_from_args(args)
+        shape = load_model_shape(args.model)
+    except ValueError as error:  # ModelSpecError included
+        print(f"mpo-dist plan: error: {error}", file=sys.stderr)
+        return 2
+    plan = plan_memory(shape, settings)
+    check = compare_with_deepspeed(shape, settings.nodes, settings.gpus_per_node, settings.offload_optimizer,
+                                   settings.sub_group_size)
+    if args.json:
+        print(json.dumps(plan.to_dict() | {"deepspeed_cross_check": check.to_dict()}, indent=2))
+    else:
+        print(render_table(plan, check))
+    return 0 if plan.fits else 1
+
+
+def _gib(num_bytes: int) -> str:
+    return f"{num_bytes / GIB:8.2f}"
+
+
+def render_table(plan: MemoryPlan, check: DeepSpeedCrossCheck) -> str:
+    shape, s = plan.shape, plan.settings
+    lines = [
+        f"model   {shape.name}: {shape.total_params / 1e9:.2f} B parameters, {shape.n_layers} layers, "
+        f"hidden {shape.hidden_size}, vocab {shape.vocab_size}, largest module {shape.largest_module_params:,}",
+        f"run     {s.nodes} node(s) x {s.gpus_per_node} GPUs = world {s.world_size}; {s.micro_batch} x "
+        f"{s.sequences_per_example} sequences x {s.seq_len} tokens = {s.tokens_per_micro_step:,} tokens/GPU; "
+        f"{s.dtype}; activation checkpointing {'on' if s.activation_checkpointing else 'off'}; "
+        f"optimizer on {'CPU' if s.offload_optimizer else 'GPU'}; reference {s.reference}; "
+        f"head chunk {s.head_chunk or 'Triton'}; attention {s.attention}",
+        "",
+        f"{'GPU memory per GPU':<52}{'phase':<20}{'GiB':>8}",
+    ]
+    lines += [f"  {c.name:<50}{c.phase:<20}{_gib(c.bytes)}" for c in plan.gpu]
+    phases = plan.gpu_phase_bytes()
+    persistent = phases.pop(PERSISTENT, 0)
+    transient = " , ".join(f"{phase} {b / GIB:.2f}" for phase, b in phases.items())
+    lines += [
+        f"  peak = persistent {persistent / GIB:.2f} + max({transient}) GiB",
+        f"  {'peak per GPU':<70}{_gib(plan.gpu_peak_bytes)}  of {s.gpu_mem_gib:g} GiB, "
+        f"headroom {100 * plan.gpu_headroom:.1f} %",
+        "",
+        f"{'CPU memory per node':<72}{'GiB':>8}",
+    ]
+    lines += [f"  {c.name:<70}{_gib(c.bytes)}" for c in plan.cpu]
+    lines += [
+        f"  {'total per node':<70}{_gib(plan.cpu_bytes_per_node)}  of {s.cpu_mem_gib:g} GiB, "
+        f"headroom {100 * plan.cpu_headroom:.1f} %",
+        "",
+        f"DeepSpeed estimator cross-check (model states only): planner {check.planner_gpu_bytes / GIB:.2f} GiB/GPU, "
+        f"DeepSpeed {check.deepspeed_gpu_bytes / GIB:.2f} GiB/GPU ({100 * check.gpu_relative_difference:+.1f} %)",
+        *[f"  note: {note}" for note in check.notes],
+        "",
+        "FITS" if plan.fits else "DOES NOT FIT",
+    ]
+    return "\n".join(lines)

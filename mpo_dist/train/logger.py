@@ -1,0 +1,72 @@
+"""Rank-0 run logging: TensorBoard scalars, a tqdm progress bar, and plain log lines for batch logs (SLURM .out files)."""
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("mpo_dist")
+
+
+def setup_console_logging(rank: int) -> None:
+    # DeepSpeed calls a torch collective that torch marks deprecated once per step; it would drown the step log.
+    warnings.filterwarnings("ignore", message=".*reduce_scatter_tensor.*", category=FutureWarning)
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank{rank}] %(levelname)s %(message)s",
+        stream=sys.stdout,
+        force=True,
+    )
+
+
+def memory_gib(device: torch.device) -> float:
+    """Peak memory of this process: GPU allocator peak on CUDA, max resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class RunLogger:
+    def __init__(self, output_dir: Path, *, enabled: bool, tensorboard: bool, progress_bar: bool, total_steps: int, start_step: int):
+        self.enabled = enabled
+        self.writer = None
+        self.bar = None
+        if not enabled:
+            return
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"))
+        if progress_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True, file=sys.stderr)
+
+    def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
+        if not self.enabled:
+            return
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(f"{prefix}{name}", value, step)
+        log.info("step %d %s", step, json.dumps({f"{prefix}{k}": round(v, 6) for k, v in values.items()}))
+
+    def advance(self, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+
+    def text(self, tag: str, text: str) -> None:
+        if self.enabled and self.writer is not None:
+            self.writer.add_text(tag, text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()

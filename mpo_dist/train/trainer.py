@@ -1,0 +1,282 @@
+"""The training loop, readable top to bottom: build data, engines and loss; then step, log, evaluate, checkpoint, stop.
+
+It never calls DeepSpeed: the engine layer (mpo_dist.engine) owns the process group, the ZeRO-3 engines and their
+checkpoints. Exit status: 0 when training completed, EXIT_REQUEUE (75) when it stopped early on a signal / STOP file
+after saving a checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from transformers import AutoConfig, AutoTokenizer
+
+from mpo_dist.config import Config, to_dict
+from mpo_dist.data.collate import Batch, PreferenceCollator
+from mpo_dist.data.examples import PreferenceExample, build_examples
+from mpo_dist.data.loading import load_all
+from mpo_dist.data.sampler import ResumableDistributedSampler
+from mpo_dist.data.tokenize import ChatEncoder
+from mpo_dist.engine.ds_config import render_policy_config, render_reference_config
+from mpo_dist.engine.engines import (
+    DistributedContext,
+    PolicyEngine,
+    ReferenceEngine,
+    all_ranks_agree,
+    barrier,
+    build_alignment_model,
+    init_distributed,
+)
+from mpo_dist.engine.hf_export import export_live_policy
+from mpo_dist.engine.zero3_loading import DTYPES
+from mpo_dist.losses import build_loss
+from mpo_dist.losses.base import LossOutput
+from mpo_dist.losses.mlc import mlc_applies
+from mpo_dist.train.checkpoint import CheckpointManager, resolve_resume
+from mpo_dist.train.evaluate import reward_gaps
+from mpo_dist.train.logger import RunLogger, memory_gib, setup_console_logging
+from mpo_dist.train.preemption import COMPLETED_FILE, EXIT_REQUEUE, STOP_FILE, StopRequest
+from mpo_dist.train.step import ReferencePlan, preference_inputs, total_loss
+
+log = logging.getLogger("mpo_dist")
+
+SAMPLES_FILE = "samples.jsonl"
+EVAL_FILE = "eval.jsonl"
+
+
+@dataclass
+class TrainResult:
+    exit_code: int
+    steps_done: int
+    losses: list[float] = field(default_factory=list)  # mean loss of each optimiser step run in this process
+    eval_history: list[dict] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_dtype(name: str, on_gpu: bool) -> str:
+    return ("bf16" if on_gpu else "fp32") if name == "auto" else name
+
+
+class Trainer:
+    def __init__(self, config: Config):
+        self.config = config
+        self.ctx: DistributedContext = init_distributed()
+        setup_console_logging(self.ctx.rank)
+        seed_everything(config.train.seed)
+        self.output_dir = config.output_dir
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+        self.loss = build_loss(config.loss.name, config.loss.options())
+        self.pooling = getattr(config.loss.options(), "pooling", "masked")
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.train_examples, self.eval_examples = self._build_examples()
+        self.collator = PreferenceCollator(self.tokenizer.pad_token_id)
+        self.sampler = ResumableDistributedSampler(
+            len(self.train_examples), rank=self.ctx.rank, world_size=self.ctx.world_size,
+            micro_batch_size=config.train.micro_batch_size, seed=config.train.seed,
+        )
+        accumulation = config.train.gradient_accumulation
+        steps_per_epoch = math.ceil(self.sampler.batches_per_epoch / accumulation)
+        self.total_steps = config.train.max_steps or config.train.epochs * steps_per_epoch
+        self.dtype_name = resolve_dtype(config.model.dtype, self.ctx.on_gpu)
+        self.policy, self.reference = self._build_engines()
+        self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", config.checkpoint.keep_last, self.ctx.rank)
+        log.info("%d training examples, %d eval examples, %d optimiser steps, world size %d, dtype %s, loss %s%s",
+                 len(self.train_examples), len(self.eval_examples), self.total_steps, self.ctx.world_size, self.dtype_name,
+                 config.loss.name, " + mlc" if config.mlc.enabled else "")
+
+    # ---- construction -------------------------------------------------------------------------------------------
+    def _build_examples(self) -> tuple[list[PreferenceExample], list[PreferenceExample]]:
+        data = self.config.data
+        encoder = ChatEncoder(self.tokenizer, data.max_length, data.max_prompt_length, data.system_prompt)
+        mlc_languages = self.config.mlc.languages if self.config.mlc.enabled else None
+        train_records = load_all(data.train_files, data.dominant_language, data.skip_bad_rows)
+        train = build_examples(train_records, encoder, dominant_language=data.dominant_language, languages=data.languages,
+                               with_anchor=self.loss.needs_anchor, mlc_languages=mlc_languages)
+        if not train:
+            raise ValueError(f"no training examples: languages {data.languages or 'all'} with dominant {data.dominant_language} "
+                             "produced no pairs from data.train_files")
+        evaluation: list[PreferenceExample] = []
+        if data.eval_files:
+            eval_records = load_all(data.eval_files, data.dominant_language, data.skip_bad_rows)
+            evaluation = build_examples(eval_records, encoder, dominant_language=data.dominant_language, languages=[],
+                                        with_anchor=False)
+        return train, evaluation
+
+    def _build_engines(self) -> tuple[PolicyEngine, ReferenceEngine | None]:
+        config = self.config
+        hidden_size = AutoConfig.from_pretrained(config.model.path).hidden_size
+        dtype = DTYPES[self.dtype_name]
+        common = dict(attn_implementation=config.model.attn_implementation, logprob_backend=config.model.logprob_backend,
+                      logprob_chunk_size=config.model.logprob_chunk_size)
+        policy_ds = render_policy_config(config, world_size=self.ctx.world_size, total_steps=self.total_steps,
+                                         dtype=self.dtype_name, hidden_size=hidden_size, on_gpu=self.ctx.on_gpu)
+        policy_model = build_alignment_model(
+            config.model.path, policy_ds, dtype, gradient_checkpointing=config.model.gradient_checkpointing,
+            mlc_dim=config.mlc.dim if config.mlc.enabled else 0, mlc_layer=config.mlc.layer, seed=config.train.seed, **common,
+        )
+        policy = PolicyEngine(policy_model, policy_ds)
+        reference = None
+        if self.loss.needs_reference or self.loss.needs_anchor:
+            reference_ds = render_reference_config(config, world_size=self.ctx.world_size, dtype=self.dtype_name,
+                                                   hidden_size=hidden_size, on_gpu=self.ctx.on_gpu)
+            reference = ReferenceEngine(build_alignment_model(config.model.path, reference_ds, dtype, **common), reference_ds)
+        return policy, reference
+
+    # ---- one step -----------------------------------------------------------------------------------------------
+    def micro_step(self, batch: Batch, mlc_weight: float) -> LossOutput:
+        policy_out = self.policy.forward(batch)
+        plan = ReferencePlan.for_loss(self.loss, batch)
+        reference_out = self.reference.forward(batch, plan.rows) if self.reference is not None and plan.rows else None
+        base = self.loss(preference_inputs(policy_out, reference_out, plan, batch, self.loss, self.pooling))
+        mlc = self.config.mlc
+        out = total_loss(base, policy_out, batch, mlc_weight, mlc.tau, mlc.eps)
+        self.policy.backward(out.loss)
+        self.policy.step()
+        return out
+
+    def optimizer_step(self, step: int) -> tuple[float, dict[str, float], list[str], int]:
+        """Run the accumulation micro-steps of optimiser step `step`; return mean loss, metrics, example ids, tokens."""
+        mlc = self.config.mlc
+        mlc_weight = mlc.weight if mlc.enabled and mlc_applies(step, mlc.every) else 0.0
+        accumulation = self.config.train.gradient_accumulation
+        totals: dict[str, float] = {}
+        example_ids: list[str] = []
+        tokens = 0
+        for _ in range(accumulation):
+            examples = [self.train_examples[i] for i in self.sampler.next_batch()]
+            batch = self.collator(examples).to(self.ctx.device)
+            out = self.micro_step(batch, mlc_weight)
+            for name, value in {"loss": out.loss.detach(), **out.metrics}.items():
+                totals[name] = totals.get(name, 0.0) + float(value) / accumulation
+            example_ids += batch.example_ids
+            tokens += batch.num_tokens
+        return totals["loss"], self._mean_over_ranks(totals), example_ids, tokens
+
+    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        names = sorted(values)
+        packed = torch.tensor([values[n] for n in names], dtype=torch.float64, device=self.ctx.device)
+        if dist.is_initialized():
+            dist.all_reduce(packed)
+            packed /= self.ctx.world_size
+        return dict(zip(names, packed.tolist()))
+
+    # ---- evaluation, logging, checkpoints ----------------------------------------------------------------------
+    def evaluate(self, step: int, logger: RunLogger) -> dict:
+        gaps = reward_gaps(self.policy.evaluate, self.eval_examples, self.collator, rank=self.ctx.rank,
+                           world_size=self.ctx.world_size, batch_size=self.config.train.micro_batch_size, device=self.ctx.device)
+        record = {"step": step, "reward_gap": gaps}
+        logger.scalars(step, gaps, prefix="eval/reward_gap/")
+        if self.ctx.is_main:
+            with open(self.output_dir / EVAL_FILE, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        return record
+
+    def _log_samples(self, step: int, example_ids: list[str]) -> None:
+        if not self.config.logging.log_samples:
+            return
+        gathered: list[list[str]] = [[] for _ in range(self.ctx.world_size)]
+        if dist.is_initialized():
+            dist.all_gather_object(gathered, example_ids)
+        else:
+            gathered = [example_ids]
+        if self.ctx.is_main:
+            with open(self.output_dir / SAMPLES_FILE, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": step, "ids": [i for ids in gathered for i in ids]}) + "\n")
+
+    def _truncate_logs_after(self, step: int) -> None:
+        """Steps after the resumed checkpoint will run again; drop their earlier log lines so each step appears once."""
+        if not self.ctx.is_main:
+            return
+        for name in (SAMPLES_FILE, EVAL_FILE):
+            path = self.output_dir / name
+            if path.is_file():
+                kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+                path.write_text("".join(line + "\n" for line in kept))
+
+    def save(self, step: int) -> None:
+        client_state = {"step": step, "sampler": self.sampler.state_dict(), "config": to_dict(self.config)}
+        tag_dir = self.checkpoints.save(self.policy, step, client_state)
+        log.info("saved checkpoint %s", tag_dir)
+
+    def _resume(self) -> int:
+        tag_dir = resolve_resume(self.config.checkpoint.resume, self.checkpoints.root)
+        if tag_dir is None:
+            return 0
+        state = self.checkpoints.load(self.policy, tag_dir)
+        self.sampler.load_state_dict(state["sampler"])
+        self._truncate_logs_after(state["step"])
+        log.info("resumed from %s at step %d", tag_dir, state["step"])
+        return int(state["step"])
+
+    # ---- the loop -----------------------------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        config = self.config
+        if self.ctx.is_main:
+            (self.output_dir / STOP_FILE).unlink(missing_ok=True)
+            (self.output_dir / COMPLETED_FILE).unlink(missing_ok=True)
+            (self.output_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+        barrier()
+        start_step = self._resume()
+        stop = StopRequest(self.output_dir)
+        logger = RunLogger(self.output_dir, enabled=self.ctx.is_main, tensorboard=config.logging.tensorboard,
+                           progress_bar=config.logging.progress_bar, total_steps=self.total_steps, start_step=start_step)
+        result = TrainResult(exit_code=0, steps_done=start_step)
+        if start_step == 0 and self.eval_examples:
+            result.eval_history.append(self.evaluate(0, logger))
+        last_save_time = time.monotonic()
+        try:
+            for step in range(start_step, self.total_steps):
+                started = time.perf_counter()
+                loss, metrics, example_ids, tokens = self.optimizer_step(step)
+                done = step + 1
+                result.steps_done, seconds = done, time.perf_counter() - started
+                result.losses.append(loss)
+                self._log_samples(done, example_ids)
+                if done % config.train.log_every == 0 or done == self.total_steps:
+                    logger.scalars(done, metrics | {"lr": self.policy.lr, "grad_norm": self.policy.grad_norm,
+                                                    "tokens_per_s": tokens / seconds, "memory_gib": memory_gib(self.ctx.device)},
+                                   prefix="train/")
+                logger.advance(metrics["loss"])
+                if config.train.eval_every and done % config.train.eval_every == 0 and done < self.total_steps and self.eval_examples:
+                    result.eval_history.append(self.evaluate(done, logger))
+                due_by_steps = bool(config.checkpoint.every_steps) and done % config.checkpoint.every_steps == 0
+                due_by_clock = bool(config.checkpoint.every_minutes) and all_ranks_agree(
+                    time.monotonic() - last_save_time >= 60 * config.checkpoint.every_minutes, self.ctx.device)
+                if (due_by_steps or due_by_clock) and done < self.total_steps:
+                    self.save(done)
+                    last_save_time = time.monotonic()
+                if done < self.total_steps and stop.requested(self.ctx.device):
+                    if not (due_by_steps or due_by_clock):
+                        self.save(done)
+                    log.warning("stop requested (signal %s or %s file): saved step %d, exiting with %d",
+                                stop.signalled, STOP_FILE, done, EXIT_REQUEUE)
+                    result.exit_code = EXIT_REQUEUE
+                    return result
+            if self.eval_examples:
+                result.eval_history.append(self.evaluate(self.total_steps, logger))
+            self.save(self.total_steps)
+            if config.train.save_hf_at_end:
+                export_live_policy(self.policy, Path(config.model.path), self.output_dir / "hf", self.tokenizer,
+                                   DTYPES[self.dtype_name], self.ctx.rank)
+            if self.ctx.is_main:
+                (self.output_dir / COMPLETED_FILE).write_text(f"{self.total_steps}\n")
+            barrier()
+            return result
+        finally:
+            logger.close()
