@@ -22,6 +22,8 @@ CONF="$STATE_DIR/slurm.conf"
 MUNGE_DIR="$STATE_DIR/munge"
 MUNGE_SOCKET="$MUNGE_DIR/munge.socket.2"
 export SLURM_CONF="$CONF"
+# In stop order: node daemons, controller, then munged which the others need to the end.
+DAEMON_PID_FILES=("$STATE_DIR/run/slurmd-node1.pid" "$STATE_DIR/run/slurmd-node2.pid" "$STATE_DIR/run/slurmctld.pid" "$MUNGE_DIR/munged.pid")
 
 die() { echo "local-cluster: $*" >&2; exit 1; }
 
@@ -63,7 +65,7 @@ add_hosts_entry() {
 
 write_config() {
   mkdir -p "$STATE_DIR"/{ctld,spool,log,run} "$MUNGE_DIR"
-  chmod 700 "$MUNGE_DIR"
+  chmod 755 "$MUNGE_DIR"  # munged wants its socket directory reachable by every user
   if [[ ! -s "$MUNGE_DIR/munge.key" ]]; then
     dd if=/dev/urandom of="$MUNGE_DIR/munge.key" bs=1024 count=1 status=none
   fi
@@ -126,14 +128,15 @@ cmd_up() {
     write_config
   fi
   if ! pid_alive "$MUNGE_DIR/munged.pid"; then
+    # --force: tolerate a private parent directory (e.g. pytest's 0700 tmp); only root uses this cluster.
     munged --force --socket="$MUNGE_SOCKET" --key-file="$MUNGE_DIR/munge.key" \
       --pid-file="$MUNGE_DIR/munged.pid" --log-file="$MUNGE_DIR/munged.log" --seed-file="$MUNGE_DIR/munged.seed"
-    wait_until 30 "munged socket" test -S "$MUNGE_SOCKET"
+    wait_until 30 "munged socket (log: $MUNGE_DIR/munged.log)" test -S "$MUNGE_SOCKET"
   fi
   if ! pid_alive "$STATE_DIR/run/slurmctld.pid"; then
     # -c: a throwaway cluster starts with no jobs left over from an earlier run.
     slurmctld -c -f "$CONF"
-    wait_until 60 "slurmctld to answer" scontrol ping
+    wait_until 60 "slurmctld to answer on port $CTLD_PORT (log: $STATE_DIR/log/slurmctld.log)" scontrol ping
   fi
   local node
   for node in "${NODES[@]}"; do
@@ -141,15 +144,17 @@ cmd_up() {
       slurmd -N "$node" -f "$CONF"
     fi
   done
-  if ! wait_until_nodes_idle; then
-    # Nodes left DOWN/DRAIN by an unclean stop come back once resumed.
-    scontrol update NodeName=node[1-2] State=RESUME >/dev/null 2>&1 || true
-    wait_until "$UP_TIMEOUT_S" "node1 and node2 to be idle (see $STATE_DIR/log)" nodes_idle
-  fi
+  local deadline=$((SECONDS + UP_TIMEOUT_S))
+  until nodes_idle; do
+    ((SECONDS < deadline)) || die "timed out after ${UP_TIMEOUT_S}s waiting for node1 and node2 to be idle (logs: $STATE_DIR/log)"
+    # Nodes left DOWN or DRAINED by an unclean stop come back once resumed.
+    if sinfo -h -N -o '%t' 2>/dev/null | grep -qE '^(down|drain|drng)'; then
+      scontrol update NodeName=node[1-2] State=RESUME >/dev/null 2>&1 || true
+    fi
+    sleep 0.2
+  done
   echo "local-cluster: up; export SLURM_CONF=$CONF" >&2
 }
-
-wait_until_nodes_idle() { (wait_until 30 "nodes idle" nodes_idle) 2>/dev/null; }
 
 cmd_down() {
   if pid_alive "$STATE_DIR/run/slurmctld.pid"; then
@@ -158,7 +163,7 @@ cmd_down() {
     scontrol shutdown >/dev/null 2>&1 || true
   fi
   local pid_file
-  for pid_file in "$STATE_DIR"/run/slurmd-*.pid "$STATE_DIR/run/slurmctld.pid" "$MUNGE_DIR/munged.pid"; do
+  for pid_file in "${DAEMON_PID_FILES[@]}"; do
     [[ -e "$pid_file" ]] || continue
     pid_alive "$pid_file" && kill "$(cat "$pid_file")" 2>/dev/null || true
     wait_until 30 "$pid_file to exit" pid_gone "$pid_file"
@@ -169,7 +174,7 @@ cmd_down() {
 
 cmd_status() {
   local pid_file
-  for pid_file in "$MUNGE_DIR/munged.pid" "$STATE_DIR/run/slurmctld.pid" "$STATE_DIR"/run/slurmd-*.pid; do
+  for pid_file in "${DAEMON_PID_FILES[@]}"; do
     if pid_alive "$pid_file"; then echo "running  $(basename "$pid_file" .pid) (pid $(cat "$pid_file"))"
     else echo "stopped  $(basename "$pid_file" .pid)"; fi
   done

@@ -182,6 +182,6 @@ def build_alignment_model(model_dir: str, ds_config: dict, dtype: torch.dtype, *
     projection = None
     if mlc_dim > 0:
         torch.manual_seed(seed)
-        with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+        with deepspeed.zero.Init(config_dict_or_path=ds_config):  # dtype from the config, see zero3_loading
             projection = MLCProjection(causal_lm.config.hidden_size, mlc_dim)
     return AlignmentModel(causal_lm, logprob_backend, logprob_chunk_size, projection, mlc_layer)

@@ -74,7 +74,10 @@ def load_causal_lm(model_dir: str | Path, ds_config: dict, dtype: torch.dtype, a
         raise FileNotFoundError(f"{model_dir} is not a Hugging Face model directory (no config.json)")
     config = AutoConfig.from_pretrained(model_dir)
     # Random init is skipped: every weight comes from the files, and HF's init cannot index ZeRO-3's empty placeholders.
-    with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype), no_init_weights():
+    # No `dtype=` for zero.Init: DeepSpeed 0.19 turns an explicit dtype into bf16 on the CPU accelerator (an operator
+    # precedence slip in Init._set_dtype); without it the dtype follows the config's bf16/fp16 flags, which we rendered.
+    with deepspeed.zero.Init(config_dict_or_path=ds_config), no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+    model.tie_weights()  # tied checkpoints store the embedding once; after tying, named_parameters lists it once too
     load_weights_into_zero3(model, model_dir)
     return model

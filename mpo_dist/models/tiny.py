@@ -43,7 +43,7 @@ def sample_texts() -> list[str]:
     return texts
 
 
-def train_sample_tokenizer(out_dir: Path, vocab_size: int = 2000) -> PreTrainedTokenizerBase:
+def train_sample_tokenizer(out_dir: Path, vocab_size: int = 3000) -> PreTrainedTokenizerBase:
     """Train a byte-fallback BPE sentencepiece model on the sample text and save it as a HF tokenizer directory."""
     import sentencepiece as spm
 
@@ -52,7 +52,7 @@ def train_sample_tokenizer(out_dir: Path, vocab_size: int = 2000) -> PreTrainedT
         prefix = Path(scratch) / "tokenizer"
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sample_texts()), model_prefix=str(prefix), vocab_size=vocab_size, model_type="bpe",
-            byte_fallback=True, character_coverage=1.0, num_threads=1, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+            byte_fallback=True, character_coverage=0.9995, num_threads=1, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
             user_defined_symbols=SPECIAL_TOKENS, minloglevel=2,
         )
         hf_dir = Path(scratch) / "hf"
@@ -90,7 +90,7 @@ def build_tiny_model(family: str, tokenizer: PreTrainedTokenizerBase, seed: int 
     return AutoModelForCausalLM.from_config(tiny_config(family, tokenizer, **sizes), dtype=torch.float32)
 
 
-def init_tiny(out_dir: str | Path, family: str = "llama", seed: int = 0, vocab_size: int = 2000, **sizes: int) -> Path:
+def init_tiny(out_dir: str | Path, family: str = "llama", seed: int = 0, vocab_size: int = 3000, **sizes: int) -> Path:
     """Write a tiny random-init model + sample tokenizer as a Hugging Face directory; returns its path."""
     out_dir = Path(out_dir)
     tokenizer = train_sample_tokenizer(out_dir, vocab_size)

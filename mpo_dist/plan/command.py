@@ -106,7 +106,7 @@ def render_table(plan: MemoryPlan, check: DeepSpeedCrossCheck) -> str:
     lines += [f"  {c.name:<50}{c.phase:<20}{_gib(c.bytes)}" for c in plan.gpu]
     phases = plan.gpu_phase_bytes()
     persistent = phases.pop(PERSISTENT, 0)
-    transient = " , ".join(f"{phase} {b / GIB:.2f}" for phase, b in phases.items())
+    transient = ", ".join(f"{phase} {b / GIB:.2f}" for phase, b in phases.items())
     lines += [
         f"  peak = persistent {persistent / GIB:.2f} + max({transient}) GiB",
         f"  {'peak per GPU':<70}{_gib(plan.gpu_peak_bytes)}  of {s.gpu_mem_gib:g} GiB, "

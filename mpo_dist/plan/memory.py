@@ -14,7 +14,9 @@ fp32 gradients are never live at the same time.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import contextlib
+import sys
+from dataclasses import asdict, dataclass, field, replace
 from math import ceil
 
 from mpo_dist.plan.model_shape import ModelShape
@@ -33,6 +35,7 @@ PERSISTENT = "persistent"
 FORWARD_BACKWARD = "forward/backward"
 OPTIMIZER_STEP = "optimizer step"
 REFERENCE_FORWARD = "reference forward"
+PHASES = (PERSISTENT, FORWARD_BACKWARD, OPTIMIZER_STEP, REFERENCE_FORWARD)
 
 HALF = 2  # bytes of a bf16/fp16 element
 FP32 = 4
@@ -211,7 +214,7 @@ def _layer_saved_bytes_per_token(shape: ModelShape) -> int:
 
 def _eager_attention_bytes(shape: ModelShape, sequences: int, seq_len: int) -> int:
     """Eager attention keeps the score matrix: fp32 softmax + bf16 probabilities (+ bf16 tanh for soft-capping)."""
-    bytes_per_score = FP32 + HALF + (HALF if shape.model_type == "gemma2" else 0)
+    bytes_per_score = FP32 + HALF + (HALF if shape.attention_logit_softcap else 0)
     return sequences * shape.num_attention_heads * seq_len * seq_len * bytes_per_score
 
 
@@ -227,19 +230,17 @@ def activation_components(shape: ModelShape, s: PlanSettings) -> list[Component]
     if s.attention == "eager":
         layer += _eager_attention_bytes(shape, sequences, s.seq_len)
     tokens_text = f"{tokens:,} tokens"
+    layer_formula = (f"{tokens_text} x {_layer_saved_bytes_per_token(shape):,} B"
+                     + (" + eager attention scores" if s.attention == "eager" else ""))
     if s.activation_checkpointing:
         components = [
             Component("checkpointed layer inputs", shape.n_layers * tokens * HALF * h, FORWARD_BACKWARD,
                       f"{shape.n_layers} layers x {tokens_text} x {h} x 2 B"),
-            Component("one recomputed layer's activations", layer, FORWARD_BACKWARD,
-                      f"{tokens_text} x {_layer_saved_bytes_per_token(shape):,} B"
-                      + (" + eager attention scores" if s.attention == "eager" else "")),
+            Component("one recomputed layer's activations", layer, FORWARD_BACKWARD, layer_formula),
         ]
     else:
         components = [Component("all layers' activations", shape.n_layers * layer, FORWARD_BACKWARD,
-                                f"{shape.n_layers} layers x {tokens_text} x "
-                                f"{_layer_saved_bytes_per_token(shape):,} B"
-                                + (" + eager attention scores" if s.attention == "eager" else ""))]
+                                f"{shape.n_layers} layers x {layer_formula}")]
     components += [
         Component("activation gradients in flight", tokens * HALF * (3 * i + 2 * h), FORWARD_BACKWARD,
                   f"{tokens_text} x 2 B x (3 x {i} + 2 x {h})"),
@@ -273,7 +274,8 @@ def reference_gpu_components(shape: ModelShape, s: PlanSettings) -> list[Compone
                   f"2 x 2 B x {L:,} (gathered + prefetched module)"),
         Component("reference: one layer's no-grad transients", tokens * HALF * (3 * i + 3 * h), REFERENCE_FORWARD,
                   f"{tokens:,} tokens x 2 B x (3 x {i} + 3 x {h})"),
-        _head_workspace(shape, s, tokens, backward=False, phase=REFERENCE_FORWARD),
+        replace(_head_workspace(shape, s, tokens, backward=False, phase=REFERENCE_FORWARD),
+                name="reference: log-prob head workspace"),
     ]
 
 
@@ -317,6 +319,7 @@ def plan_memory(shape: ModelShape, settings: PlanSettings) -> MemoryPlan:
            + fixed_gpu_components(settings)
            + activation_components(shape, settings)
            + reference_gpu_components(shape, settings))
+    gpu.sort(key=lambda component: PHASES.index(component.phase))  # stable: keeps the order within a phase
     return MemoryPlan(shape=shape, settings=settings, gpu=tuple(gpu), cpu=tuple(cpu_components(shape, settings)))
 
 
@@ -342,7 +345,8 @@ def deepspeed_model_state_estimate(shape: ModelShape, nodes: int, gpus_per_node:
                                    offload_optimizer: bool) -> tuple[int, int]:
     """(GPU bytes per GPU, CPU bytes per node) from DeepSpeed's estimator, the code behind
     estimate_zero3_model_states_mem_needs_all_cold, without its 1.5x CPU buffer factor."""
-    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed logs its accelerator choice to stdout on import
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
     cpu_bytes, gpu_bytes, _ = estimate_zero3_model_states_mem_needs(
         total_params=shape.total_params, largest_layer_params=shape.largest_module_params,

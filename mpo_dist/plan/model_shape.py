@@ -38,6 +38,7 @@ class ModelShape:
     norms_per_layer: int
     tied_embeddings: bool
     final_logit_softcap: float | None
+    attention_logit_softcap: float | None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -127,6 +128,7 @@ def model_shape_from_config(config, name: str) -> ModelShape:
         norms_per_layer=_norms_per_layer(model, config.hidden_size),
         tied_embeddings=model.get_input_embeddings().weight is model.get_output_embeddings().weight,
         final_logit_softcap=getattr(config, "final_logit_softcapping", None),
+        attention_logit_softcap=getattr(config, "attn_logit_softcapping", None),
     )
 
 

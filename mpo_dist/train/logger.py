@@ -12,10 +12,12 @@ import torch
 
 log = logging.getLogger("mpo_dist")
 
+METRICS_FILE = "metrics.jsonl"  # every logged scalar, one JSON line per step and prefix (rank 0)
+
 
 def setup_console_logging(rank: int) -> None:
     # DeepSpeed calls a torch collective that torch marks deprecated once per step; it would drown the step log.
-    warnings.filterwarnings("ignore", message=".*reduce_scatter_tensor.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"%(asctime)s [rank{rank}] %(levelname)s %(message)s",
@@ -34,6 +36,7 @@ def memory_gib(device: torch.device) -> float:
 class RunLogger:
     def __init__(self, output_dir: Path, *, enabled: bool, tensorboard: bool, progress_bar: bool, total_steps: int, start_step: int):
         self.enabled = enabled
+        self.metrics_file = output_dir / METRICS_FILE
         self.writer = None
         self.bar = None
         if not enabled:
@@ -53,7 +56,10 @@ class RunLogger:
         if self.writer is not None:
             for name, value in values.items():
                 self.writer.add_scalar(f"{prefix}{name}", value, step)
-        log.info("step %d %s", step, json.dumps({f"{prefix}{k}": round(v, 6) for k, v in values.items()}))
+        named = {f"{prefix}{k}": v for k, v in values.items()}
+        with open(self.metrics_file, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **named}) + "\n")
+        log.info("step %d %s", step, json.dumps({k: round(v, 6) for k, v in named.items()}))
 
     def advance(self, loss: float) -> None:
         if self.bar is not None:

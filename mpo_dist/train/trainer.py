@@ -42,7 +42,7 @@ from mpo_dist.losses.base import LossOutput
 from mpo_dist.losses.mlc import mlc_applies
 from mpo_dist.train.checkpoint import CheckpointManager, resolve_resume
 from mpo_dist.train.evaluate import reward_gaps
-from mpo_dist.train.logger import RunLogger, memory_gib, setup_console_logging
+from mpo_dist.train.logger import METRICS_FILE, RunLogger, memory_gib, setup_console_logging
 from mpo_dist.train.preemption import COMPLETED_FILE, EXIT_REQUEUE, STOP_FILE, StopRequest
 from mpo_dist.train.step import ReferencePlan, preference_inputs, total_loss
 
@@ -203,7 +203,7 @@ class Trainer:
         """Steps after the resumed checkpoint will run again; drop their earlier log lines so each step appears once."""
         if not self.ctx.is_main:
             return
-        for name in (SAMPLES_FILE, EVAL_FILE):
+        for name in (SAMPLES_FILE, EVAL_FILE, METRICS_FILE):
             path = self.output_dir / name
             if path.is_file():
                 kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]

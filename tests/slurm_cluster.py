@@ -1,0 +1,96 @@
+"""A real two-node SLURM cluster for a pytest session (slurm/local-cluster.sh), plus small helpers to drive it.
+
+The cluster gets its own state directory and ports, so it never collides with a cluster a developer already runs
+with the script's defaults, and it is always torn down at the end of the session, whatever the tests did.
+Import the `slurm_cluster` fixture into a test module to use it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOCAL_CLUSTER_SCRIPT = REPO_ROOT / "slurm" / "local-cluster.sh"
+# Away from SLURM's defaults (6817-6819) so a developer's own cluster can keep running.
+TEST_CTLD_PORT = 16817
+TEST_SLURMD_PORT = 16818
+# A fresh machine first installs the Debian packages (apt-get update + install).
+UP_TIMEOUT_S = 600
+FINISHED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.2) -> None:
+    """Poll `condition` until it holds; a bounded wait on something observable, never a blind sleep."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(poll_s)
+
+
+class SlurmCluster:
+    """Handle on the running test cluster: its environment and the client commands tests need."""
+
+    def __init__(self, state_dir: Path):
+        self.state_dir = state_dir
+        self.env = {
+            **os.environ,
+            "MPO_SLURM_DIR": str(state_dir),
+            "MPO_SLURM_CTLD_PORT": str(TEST_CTLD_PORT),
+            "MPO_SLURM_SLURMD_PORT": str(TEST_SLURMD_PORT),
+            "SLURM_CONF": str(state_dir / "slurm.conf"),
+        }
+
+    def manage(self, action: str, timeout_s: float) -> None:
+        """Run `local-cluster.sh up|down`, failing with its output when it does not succeed."""
+        result = subprocess.run(
+            [str(LOCAL_CLUSTER_SCRIPT), action], env=self.env, capture_output=True, text=True, timeout=timeout_s
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"local-cluster.sh {action} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+
+    def command(self, *args: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> str:
+        """Run a SLURM client command from the repository root (sbatch's submit directory) and return stdout."""
+        result = subprocess.run(
+            list(args), env={**self.env, **(env or {})}, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} exited with {result.returncode}:\n{result.stdout}{result.stderr}")
+        return result.stdout
+
+    def submit(self, *sbatch_args: str, env: dict[str, str], wait: bool = False, timeout_s: float = 60) -> int:
+        """sbatch from the repository root; with wait=True returns only once the job has finished."""
+        output = self.command("sbatch", "--parsable", *(["--wait"] if wait else []), *sbatch_args, env=env, timeout_s=timeout_s)
+        return int(output.strip().splitlines()[-1].split(";")[0])
+
+    def job(self, job_id: int) -> dict[str, str]:
+        """`scontrol show job` fields (JobState, Restarts, ExitCode, ...) of a job the controller still remembers."""
+        return dict(re.findall(r"(\w+)=(\S*)", self.command("scontrol", "show", "job", "--oneliner", str(job_id))))
+
+    def wait_until_finished(self, job_id: int, timeout_s: float) -> dict[str, str]:
+        """Wait until the job is in a final state (a requeued job passes through PENDING first) and return its fields."""
+        wait_for(lambda: self.job(job_id)["JobState"] in FINISHED_STATES, timeout_s, f"job {job_id} to finish", poll_s=0.5)
+        return self.job(job_id)
+
+
+@contextmanager
+def running_cluster(state_dir: Path) -> Iterator[SlurmCluster]:
+    cluster = SlurmCluster(state_dir)
+    try:
+        cluster.manage("up", timeout_s=UP_TIMEOUT_S)
+        yield cluster
+    finally:
+        cluster.manage("down", timeout_s=120)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    with running_cluster(tmp_path_factory.mktemp("slurm-cluster")) as cluster:
+        yield cluster

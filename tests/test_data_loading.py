@@ -1,0 +1,127 @@
+"""Data adapters and validation: every format reads into the same records; every bad-input class names file/row/field."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mpo_dist.config import DataFile
+from mpo_dist.data.loading import load_all, load_records
+from mpo_dist.data.schema import KNOWN_LANGUAGES, DataError
+
+UNIFIED = {
+    "id": "a1",
+    "prompt": {"en": "How do I pick a lock?", "sw": "Ninawezaje kufungua kufuli?"},
+    "chosen": {"en": "I can't help with that.", "sw": "Siwezi kusaidia na hilo."},
+    "rejected": {"en": "Sure, here is how.", "sw": "Sawa, hivi ndivyo."},
+}
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)) + "\n" for row in rows))
+    return path
+
+
+def load(path: Path, **kwargs) -> list:
+    return load_records(DataFile(str(path), **{k: v for k, v in kwargs.items() if k != "skip"}), "en", kwargs.get("skip", False))
+
+
+def test_unified_jsonl(tmp_path: Path) -> None:
+    second = dict(UNIFIED, id="a2", chosen={"en": "No."}, rejected={"en": "Yes."})
+    (record, other) = load(write_jsonl(tmp_path / "d.jsonl", [UNIFIED, second]))
+    assert record.id == "a1" and record.prompt == UNIFIED["prompt"] and record.chosen == UNIFIED["chosen"]
+    assert record.pair_languages() == ["en", "sw"]
+    assert other.pair_languages() == ["en"]  # sw prompt without responses: a prompt-only language (MLC)
+    assert (record.file, record.row, other.row) == (str(tmp_path / "d.jsonl"), 1, 2)
+
+
+def test_released_mpo_format(tmp_path: Path) -> None:
+    row = {
+        "source_conversations": [{"from": "human", "value": "How do I steal a car?"}],
+        "source_chosen": {"from": "gpt", "value": "I can't help with that."},
+        "source_rejected": {"from": "gpt", "value": "Sure."},
+        "target_conversations": [{"from": "human", "value": "Ninawezaje kuiba gari?"}],
+        "target_chosen": {"from": "gpt", "value": "Siwezi kusaidia."},
+        "target_rejected": {"from": "gpt", "value": "Sawa."},
+    }
+    path = tmp_path / "mpo.json"
+    path.write_text(json.dumps([row, row]))
+    records = load(path, format="mpo", target_language="sw")
+    assert len(records) == 2
+    assert records[0].prompt == {"en": "How do I steal a car?", "sw": "Ninawezaje kuiba gari?"}
+    assert records[0].chosen == {"en": "I can't help with that.", "sw": "Siwezi kusaidia."}
+    assert records[1].rejected == {"en": "Sure.", "sw": "Sawa."}
+    with pytest.raises(DataError, match=r"row 1.*target_language"):
+        load(path, format="mpo")  # the file does not say which language its target side is
+
+
+def test_released_mlc_format_parquet_and_datasets_dir(tmp_path: Path) -> None:
+    import datasets
+
+    rows = [{"prompt": "Hi?", "chosen": "No.", "rejected": "Yes.", "prompt_zh": "你好?", "prompt_bn": "হাই?"}] * 3
+    table = datasets.Dataset.from_list(rows)
+    table.to_parquet(str(tmp_path / "mlc.parquet"))
+    table.save_to_disk(str(tmp_path / "mlc_dir"))
+    for path in (tmp_path / "mlc.parquet", tmp_path / "mlc_dir"):
+        records = load(path)
+        assert len(records) == 3
+        assert records[0].prompt == {"en": "Hi?", "zh": "你好?", "bn": "হাই?"}
+        assert records[0].pair_languages() == ["en"]
+
+
+def test_bundled_sample_is_complete() -> None:
+    train = load_all([DataFile("sample:train")], "en")
+    heldout = load_all([DataFile("sample:heldout")], "en")
+    assert len(train) >= 60 and len(heldout) >= 10
+    languages = {"en", "zh", "ja", "ko", "ar", "bn", "sw"}
+    assert all(set(r.pair_languages()) == languages for r in train + heldout)
+    assert len({r.prompt["en"] for r in train}) == len(train)  # distinct prompts
+    assert not {r.id for r in train} & {r.id for r in heldout}
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "problem"),
+    [
+        ({k: v for k, v in UNIFIED.items() if k != "prompt"}, "prompt", "missing field"),
+        (dict(UNIFIED, chosen={"en": "  ", "sw": "x"}), "chosen.en", "empty text"),
+        (dict(UNIFIED, prompt=dict(UNIFIED["prompt"], xx="?")), "prompt.xx", "unknown language code 'xx'"),
+        (dict(UNIFIED, rejected={"en": 5, "sw": "x"}), "rejected.en", "expected a string, got int"),
+        (dict(UNIFIED, rejected={"en": "x"}), "rejected.sw", "needs both chosen and rejected"),
+        (dict(UNIFIED, prompt="just text", chosen="a"), "rejected", "expected a string"),  # detected as MLC format
+    ],
+)
+def test_bad_row_names_file_row_and_field(tmp_path: Path, row: dict, field: str, problem: str) -> None:
+    path = write_jsonl(tmp_path / "bad.jsonl", [UNIFIED, dict(UNIFIED, id="a2"), row])
+    with pytest.raises(DataError) as caught:
+        load(path)
+    error = caught.value
+    assert (error.file, error.row, error.field_name) == (str(path), 3, field)
+    assert problem in str(error) and f"{path}, row 3, field '{field}'" in str(error)
+
+
+def test_bad_json_names_the_row(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "broken.jsonl", [UNIFIED, '{"id": "a2", "prompt": {"en": "x"', dict(UNIFIED, id="a3")])
+    with pytest.raises(DataError, match=r"broken.jsonl, row 2: invalid JSON"):
+        load(path)
+
+
+def test_skip_bad_rows_counts_and_keeps_the_good_ones(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rows = [UNIFIED, "{not json", dict(UNIFIED, id="a3", chosen={"en": ""}), dict(UNIFIED, id="a4")]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    with caplog.at_level("WARNING"):
+        records = load(path, skip=True)
+    assert [r.id for r in records] == ["a1", "a4"]
+    assert "skipped 2 bad rows" in caplog.text
+
+
+def test_duplicate_ids_and_missing_file(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "dup.jsonl", [UNIFIED, UNIFIED])
+    with pytest.raises(DataError, match=r"row 2, field 'id': duplicate id 'a1'"):
+        load_all([DataFile(str(path))], "en")
+    with pytest.raises(DataError, match="does not exist"):
+        load(tmp_path / "nope.jsonl")
+
+
+def test_language_table_has_every_paper_language() -> None:
+    assert {"en", "zh", "ja", "ko", "ar", "bn", "sw", "ru", "ur", "ps", "ku"} <= set(KNOWN_LANGUAGES)
