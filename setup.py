@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="Distributed MPO / MLC / DPO-family training on DeepSpeed ZeRO-3 with a fused log-prob head",
     packages=find_packages(include=["mpo_dist", "mpo_dist.*"]),
-    package_data={"mpo_dist": ["data/sample/*", "configs/*.yaml"]},
+    package_data={"mpo_dist": ["data/sample/*.jsonl", "configs/models/*.json"]},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=[

@@ -233,7 +233,7 @@ def _grad_hidden_kernel(g_ptr, w_ptr, hi_ptr, lo_ptr, N, H, chunk_len, stride_gl
     if not FIRST_CHUNK:
         acc += tl.load(hi_ptr + block_offset + out_offsets, mask=out_mask, other=0.0).to(tl.float32)
         if HAS_LO:
-            acc += 0.0
+            acc += tl.load(lo_ptr + block_offset + out_offsets, mask=out_mask, other=0.0).to(tl.float32)
     hi = acc.to(hi_ptr.dtype.element_ty)
     tl.store(hi_ptr + block_offset + out_offsets, hi, mask=out_mask)
     if HAS_LO:

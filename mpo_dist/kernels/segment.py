@@ -24,9 +24,11 @@ def segment_sums(values: Tensor, segment_ids: Tensor, num_segments: int) -> tupl
         raise TypeError(f"segment_ids must be int64, got {segment_ids.dtype}")
     if num_segments < 0:
         raise ValueError(f"num_segments must be >= 0, got {num_segments}")
-    if segment_ids.numel() and (int(segment_ids.min()) < -1 or int(segment_ids.max()) >= num_segments):
-        raise ValueError(f"segment_ids must lie in [-1, {num_segments - 1}] (-1 = no segment), "
-                         f"got range [{int(segment_ids.min())}, {int(segment_ids.max())}]")
+    if segment_ids.numel():
+        lowest, highest = (int(x) for x in torch.aminmax(segment_ids))  # one device sync, for a clear error
+        if lowest < -1 or highest >= num_segments:
+            raise ValueError(f"segment_ids must lie in [-1, {num_segments - 1}] (-1 = no segment), "
+                             f"got range [{lowest}, {highest}]")
     slots = torch.where(segment_ids < 0, num_segments, segment_ids)
     sums_and_counts = values.new_zeros(num_segments + 1, 2).index_add(
         0, slots, torch.stack([values, torch.ones_like(values)], dim=1))

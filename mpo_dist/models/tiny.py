@@ -68,9 +68,12 @@ def train_sample_tokenizer(out_dir: Path, vocab_size: int = 3000) -> PreTrainedT
     return tokenizer
 
 
-def tiny_config(family: str, tokenizer: PreTrainedTokenizerBase, hidden_size: int = 64, layers: int = 2) -> PretrainedConfig:
-    """A few-hundred-thousand-parameter config of `family`, sized for CPU tests."""
+def tiny_config(family: str, tokenizer: PreTrainedTokenizerBase, hidden_size: int = 64, layers: int = 2,
+                initializer_range: float = 0.02) -> PretrainedConfig:
+    """A few-hundred-thousand-parameter config of `family`, sized for CPU tests. A large `initializer_range` gives a
+    random model with sizeable reward gaps, so a loss that pulls gaps together has something to do."""
     common = dict(
+        initializer_range=initializer_range,
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -85,12 +88,12 @@ def tiny_config(family: str, tokenizer: PreTrainedTokenizerBase, hidden_size: in
     raise ValueError(f"unknown tiny model family {family!r}; expected one of {', '.join(FAMILIES)}")
 
 
-def build_tiny_model(family: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0, **sizes: int) -> PreTrainedModel:
+def build_tiny_model(family: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0, **sizes: float) -> PreTrainedModel:
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_config(family, tokenizer, **sizes), dtype=torch.float32)
 
 
-def init_tiny(out_dir: str | Path, family: str = "llama", seed: int = 0, vocab_size: int = 3000, **sizes: int) -> Path:
+def init_tiny(out_dir: str | Path, family: str = "llama", seed: int = 0, vocab_size: int = 3000, **sizes: float) -> Path:
     """Write a tiny random-init model + sample tokenizer as a Hugging Face directory; returns its path."""
     out_dir = Path(out_dir)
     tokenizer = train_sample_tokenizer(out_dir, vocab_size)

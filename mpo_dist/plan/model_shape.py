@@ -57,7 +57,8 @@ def resolve_config_path(model: str) -> Path:
         config_path = path / "config.json"
         if not config_path.is_file():
             raise ModelSpecError(f"--model directory {path} has no config.json; expected a Hugging Face model "
-                                 f"directory, a config.json file or a bundled name ({', '.join(bundled_model_names())})")
+                                 f"directory, a config.json file or a bundled name "
+                                 f"({', '.join(bundled_model_names())})")
         return config_path
     bundled = BUNDLED_MODELS_DIR / f"{model}.json"
     if bundled.is_file():
