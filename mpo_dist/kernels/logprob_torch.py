@@ -22,7 +22,8 @@ def _matmul_f32(a: Tensor, b: Tensor) -> Tensor:
     return a.float() @ b.float()
 
 
-def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, softcap: float | None) -> tuple[Tensor, Tensor | None]:
+def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None,
+                  softcap: float | None) -> tuple[Tensor, Tensor | None]:
     """float32 logits of one row chunk, plus tanh(u/c) when soft-capped (needed for the backward slope)."""
     logits = _matmul_f32(hidden, weight.t())
     if bias is not None:

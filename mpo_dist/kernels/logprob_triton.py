@@ -2,8 +2,8 @@
 
 Design (H100 target: N=16384, H=4096, V=128256, bf16; deterministic; <= 0.25 GiB of temporaries):
 
-Forward, one kernel (`_lse_partial_kernel`). A program owns BLOCK_N rows and a contiguous range ("split") of vocab
-tiles; per vocab tile it computes the [BLOCK_N, BLOCK_V] logit tile with a K-loop over the hidden dim (tl.dot in the
+Forward, one kernel (`_lse_partial_kernel`). A program owns BLOCK_M rows and a contiguous range ("split") of vocab
+tiles; per vocab tile it computes the [BLOCK_M, BLOCK_N] logit tile with a K-loop over the hidden dim (tl.dot in the
 input dtype, fp32 accumulation), applies bias and soft-cap, and folds the tile into a running max / sum-exp; the label
 logit is picked from whichever tile holds it. Splitting the vocab gives enough programs when N is small; the few
 partial (max, sum-exp, label logit) vectors of shape [splits, N] are merged by torch in a fixed order. Program ids run
@@ -28,8 +28,9 @@ GPU and software. The chunk width is chosen so G_chunk takes GRAD_LOGITS_BUDGET_
 chunk = 2048 columns, temporaries = 64 MiB (G) + 128 MiB (lo) + ~1 MiB. Total work 8*N*H*V flops, all in large
 GEMM-shaped tiles; the extra memory traffic (writing and twice reading G, about 3*N*V*2 bytes) is small next to it.
 
-Tuning left for a GPU session: tile configs per dtype/arch (the CUDA ones below are typical Hopper GEMM tiles,
-checked to compile for sm_90 but not timed), the split count, and the chunk budget.
+Not yet timed on a GPU. Estimate for the target shape: 8*N*H*V = 6.9e16 flops, so ~110 ms at ~600 TFLOP/s for the
+Triton GEMMs and ~700 for cuBLAS; the <= 93 ms goal needs ~740 TFLOP/s on average. Tuning left for a GPU session:
+tile configs per dtype/arch (`kernel_configs`), the split count, and the chunk budget.
 """
 from __future__ import annotations
 
@@ -295,7 +296,8 @@ def _backward(grad_out: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor | N
     grad_weight = torch.empty_like(weight) if need_weight else None
     grad_bias = torch.empty(v, dtype=torch.float32, device=weight.device) if need_bias else None
     grad_logits = torch.empty((n, min(chunk, v)), dtype=hidden.dtype, device=hidden.device)
-    bias_partial = torch.empty((row_blocks, min(chunk, v)), dtype=torch.float32, device=hidden.device) if need_bias else None
+    bias_partial = (torch.empty((row_blocks, min(chunk, v)), dtype=torch.float32, device=hidden.device)
+                    if need_bias else None)
     dot_options = _dot_options(hidden.device, hidden.dtype)
     for chunk_index, vocab_start in enumerate(range(0, v, chunk)):
         length = min(chunk, v - vocab_start)
