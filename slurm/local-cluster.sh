@@ -37,8 +37,8 @@ wait_until() {
   done
 }
 
-pid_alive() { [[ -s "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
-pid_gone() { ! pid_alive "$1"; }
+pid_alive() { [[ -s "$1" ]] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
+process_gone() { ! kill -0 "$1" 2>/dev/null; }
 
 install_packages() {
   local missing=()
@@ -157,18 +157,21 @@ cmd_up() {
 }
 
 cmd_down() {
+  # Read the pids first: slurmctld and slurmd delete their pid files while `scontrol shutdown` stops them.
+  local pid_file pid pids=()
+  for pid_file in "${DAEMON_PID_FILES[@]}"; do
+    pid_alive "$pid_file" && pids+=("$(cat "$pid_file")")
+  done
   if pid_alive "$STATE_DIR/run/slurmctld.pid"; then
     scancel --quiet --partition=debug 2>/dev/null || true
     wait_until 60 "all jobs to leave the queue" test -z "$(squeue -h -o %i 2>/dev/null)"
     scontrol shutdown >/dev/null 2>&1 || true
   fi
-  local pid_file
-  for pid_file in "${DAEMON_PID_FILES[@]}"; do
-    [[ -e "$pid_file" ]] || continue
-    pid_alive "$pid_file" && kill "$(cat "$pid_file")" 2>/dev/null || true
-    wait_until 30 "$pid_file to exit" pid_gone "$pid_file"
-    rm -f "$pid_file"
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait_until 30 "daemon pid $pid to exit" process_gone "$pid"
   done
+  rm -f "${DAEMON_PID_FILES[@]}"
   echo "local-cluster: down" >&2
 }
 

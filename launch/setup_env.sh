@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Sourced by demo.sh and test.sh: create ./.venv on first use and install mpo-dist with its test extras into it.
+# Re-running is cheap: installation is skipped while setup.py is unchanged (a stamp holds its hash).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${MPO_DIST_VENV:-$ROOT/.venv}"
+PYTHON_BIN="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating virtualenv $VENV"
+  "$PYTHON_BIN" -m venv "$VENV"
+fi
+STAMP="$VENV/.mpo-dist-installed"
+WANT="$(sha256sum "$ROOT/setup.py" | cut -d' ' -f1)"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+  echo "[setup] installing dependencies into $VENV (first run takes a few minutes)"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # torch first, pinned: on these machines 2.13.0 is the local CPU build; on a GPU cluster install your CUDA torch beforehand.
+  "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+  echo "$WANT" > "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"
+export PYTHONUNBUFFERED=1
+# CPU-only machines: DeepSpeed must pick its CPU accelerator before it is imported (GPU machines pick CUDA themselves).
+if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  export DS_ACCELERATOR=cpu
+fi

@@ -1,0 +1,70 @@
+"""Config loading: YAML + overrides, and errors that name the offending key before any process starts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mpo_dist.config import ConfigError, DataFile, load_config
+from mpo_dist.engine.ds_config import DeepSpeedConfigError, render_policy_config, render_reference_config
+
+REQUIRED = ["model.path=/models/x"]
+
+
+def test_yaml_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {path: /m}\nloss: {name: dpo, dpo: {beta: 0.2}}\n"
+                    "data:\n  train_files: [a.jsonl, {path: b.json, format: mpo, target_language: bn}]\n")
+    config = load_config(path, ["optim.lr=1e-6", "data.languages=[bn, sw]", "mlc.enabled=true", "train.epochs=3"])
+    assert config.loss.name == "dpo" and config.loss.options().beta == 0.2
+    assert config.data.train_files == [DataFile("a.jsonl"), DataFile("b.json", "mpo", "", "bn")]
+    assert config.optim.lr == 1e-6 and config.data.languages == ["bn", "sw"] and config.mlc.enabled and config.train.epochs == 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optim.lrr=1"], "unknown config key optim.lrr"),
+        (["loss.mpo.betta=1"], "loss.mpo"),
+        (["train.epochs=two"], "train.epochs: expected an integer"),
+        (["loss.name=kto"], "loss.name: 'kto' is not one of"),
+        (["loss.mpo.pooling=max"], "pooling"),
+        (["data.max_prompt_length=2048"], "data.max_prompt_length (2048) must be smaller"),
+        (["train.micro_batch_size=0"], "train.micro_batch_size: must be > 0"),
+        (["logging.tensorboard=maybe"], "logging.tensorboard: expected true/false"),
+        (["data.train_files=[{path: x, format: csv}]"], "data.train_files[0].format"),
+        (["engine.reference=none"], "engine.reference"),  # MPO needs the reference
+        (["optim"], "expected key=value"),
+    ],
+)
+def test_bad_values_name_the_key(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, REQUIRED + overrides)
+    assert message in str(caught.value)
+
+
+def test_model_path_required_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="model.path"):
+        load_config(None, [])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_deepspeed_templates_have_every_auto_filled(tmp_path: Path) -> None:
+    config = load_config(None, REQUIRED + ["train.micro_batch_size=2", "train.gradient_accumulation=4", "optim.lr=3e-4",
+                                           "optim.max_grad_norm=0.5", "optim.warmup_ratio=0.1"])
+    policy = render_policy_config(config, world_size=8, total_steps=100, dtype="bf16", hidden_size=4096, on_gpu=True)
+    assert policy["train_batch_size"] == 2 * 4 * 8 and policy["gradient_clipping"] == 0.5
+    assert policy["bf16"]["enabled"] is True and policy["fp16"]["enabled"] is False
+    assert policy["optimizer"]["params"]["lr"] == 3e-4
+    assert policy["scheduler"]["params"]["total_num_steps"] == 100 and policy["scheduler"]["params"]["warmup_num_steps"] == 10
+    assert policy["zero_optimization"]["reduce_bucket_size"] == 4096 * 4096
+    reference = render_reference_config(config, world_size=8, dtype="fp32", hidden_size=64, on_gpu=False)
+    assert reference["zero_optimization"]["offload_param"] == {"device": "cpu", "pin_memory": False}
+    assert "optimizer" not in reference and '"auto"' not in str(reference) + str(policy)
+
+    broken = tmp_path / "ds.json"
+    broken.write_text('{"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 3, "sub_group_size": "auto"}}')
+    config.engine.policy_config = str(broken)
+    with pytest.raises(DeepSpeedConfigError, match="zero_optimization.sub_group_size"):
+        render_policy_config(config, world_size=1, total_steps=1, dtype="fp32", hidden_size=8, on_gpu=False)
