@@ -77,10 +77,10 @@ def test_two_node_job_runs_one_torchrun_per_node(
     job_id = slurm_cluster.submit(
         "--nodes=2", *sbatch_overrides, f"--output={tmp_path}/slurm-%j.out", template, "--set", "steps=3",
         env=job_env(tmp_path, MPO_DIST_ARGS="--set step_seconds=0"),
-        wait=True, timeout_s=JOB_TIMEOUT_S,
     )
+    job = slurm_cluster.wait_until_finished(job_id, JOB_TIMEOUT_S)
     logs = job_outputs(tmp_path)
-    assert slurm_cluster.job(job_id)["JobState"] == "COMPLETED", logs
+    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "0", logs
     assert (run_dir / "COMPLETED").exists(), logs
 
     ranks = [json.loads(path.read_text()) for path in sorted((run_dir / "ranks").glob("restart-0.rank-*.json"))]

@@ -141,6 +141,14 @@ class PolicyEngine:
                     state[name] = param.detach().clone().cpu()
         return state
 
+    def full_gradients(self) -> dict[str, torch.Tensor]:
+        """Full fp32 gradient of every trainable parameter, on every rank. Collective: call on all ranks after
+        backward and before step (tests and debugging; it gathers each gradient once)."""
+        from deepspeed.utils import safe_get_full_grad
+
+        return {name: safe_get_full_grad(p).detach().float().cpu().clone()
+                for name, p in self.engine.module.named_parameters() if p.requires_grad}
+
     @property
     def module(self) -> AlignmentModel:
         return self.engine.module
