@@ -27,8 +27,9 @@ def _init_tiny(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mpo_dist import demo
+    from mpo_dist import checkpoint_commands, demo, precompute_command
     from mpo_dist.plan.command import register as register_plan
+    from mpo_dist.eval.command import register as register_eval
 
     parser = argparse.ArgumentParser(prog="mpo-dist", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -48,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=_init_tiny)
 
     demo.register(commands)
+    precompute_command.register(commands)
     register_plan(commands)
+    register_eval(commands)
+    checkpoint_commands.register(commands)
     return parser
 
 

@@ -57,6 +57,7 @@ class DataConfig:
     max_prompt_length: int = 512
     skip_bad_rows: bool = False  # True: skip invalid rows and log how many; False: first bad row is an error
     system_prompt: str = ""
+    packing: bool = False  # one row per micro-batch, sequences end to end (no padding compute); same results as padded
 
 
 @dataclass
@@ -106,7 +107,8 @@ class TrainConfig:
 class EngineConfig:
     policy_config: str = "deepspeed_configs/zero3_policy.json"
     reference_config: str = "deepspeed_configs/zero3_reference_offload.json"
-    reference: str = "online"  # online: a second ZeRO-3 engine offloaded to CPU | none: losses without a reference only
+    reference: str = "online"  # online: a second ZeRO-3 engine offloaded to CPU | cache: precomputed terms | none
+    reference_cache: str = ""  # engine.reference=cache: directory written by `mpo-dist precompute-ref`
 
 
 @dataclass
@@ -148,7 +150,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "loss.name": tuple(LOSSES),
     "loss.mpo.gap": ("length_normalized", "dpo"),
     "loss.mpo.pooling": ("masked", "all_positions"),
-    "engine.reference": ("online", "none"),
+    "engine.reference": ("online", "cache", "none"),
 }
 _FILE_FORMATS = ("auto", "unified", "mpo", "mlc")
 
@@ -276,8 +278,25 @@ def validate(config: Config) -> None:
         raise ConfigError(f"checkpoint.keep_last: must be >= 1, got {config.checkpoint.keep_last}")
     if config.mlc.enabled and len(config.mlc.languages) < 2:
         raise ConfigError(f"mlc.languages: MLC needs at least two languages, got {config.mlc.languages}")
+    if config.data.packing and config.loss.name == "mpo" and config.loss.mpo.pooling == "all_positions":
+        raise ConfigError("loss.mpo.pooling: 'all_positions' (mean including right padding) has no meaning with "
+                          "data.packing=true, where there is no padding; use pooling 'masked' or turn packing off")
     if config.engine.reference == "none" and needs_reference(config):
-        raise ConfigError(f"engine.reference: loss {config.loss.name!r} with these options needs a reference model; use 'online'")
+        raise ConfigError(f"engine.reference: loss {config.loss.name!r} with these options needs a reference model; "
+                          "use 'online' or 'cache'")
+    if config.engine.reference == "cache":
+        _check_reference_cache_settings(config)
+
+
+def _check_reference_cache_settings(config: Config) -> None:
+    if not config.engine.reference_cache:
+        raise ConfigError("engine.reference_cache: engine.reference=cache needs the directory written by "
+                          "`mpo-dist precompute-ref`")
+    options = config.loss.options()
+    if config.loss.name == "mpo" and options.alpha > 0 and options.pooling == "all_positions":
+        raise ConfigError("engine.reference=cache: loss.mpo.pooling=all_positions averages over the batch's padding, which "
+                          "depends on which examples share a micro-batch, so it cannot be precomputed; use "
+                          "pooling=masked or engine.reference=online")
 
 
 def needs_reference(config: Config) -> bool:

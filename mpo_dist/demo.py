@@ -49,6 +49,7 @@ def gap_table(before: dict[str, float], after: dict[str, float], dominant: str, 
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from mpo_dist.eval.report import write_run_report
     from mpo_dist.models.tiny import init_tiny
 
     started = time.monotonic()
@@ -68,6 +69,7 @@ def run_demo(args: argparse.Namespace) -> int:
               f"Demo wall time: {minutes:.1f} min. TensorBoard: tensorboard --logdir {out}\n")
     (out / "demo_report.md").write_text(report)
     print("\n" + report)
+    print(f"Per-language report with plots: {write_run_report(mpo)['html']}")
     return 0 if all_moved else 1
 
 

@@ -88,3 +88,11 @@ def render_reference_config(config: Config, *, world_size: int, dtype: str, hidd
             raise DeepSpeedConfigError(f"{config.engine.reference_config}: the reference engine is frozen; remove its '{key}' section")
     _reject_leftover_auto(rendered, config.engine.reference_config)
     return rendered
+
+
+def with_universal_loading(rendered: dict) -> dict:
+    """The policy config for resuming from a universal checkpoint (`mpo-dist convert-universal`): DeepSpeed then re-shards
+    the saved full tensors for the current world size instead of expecting one shard file per old rank."""
+    updated = copy.deepcopy(rendered)
+    updated.setdefault("checkpoint", {})["load_universal"] = True
+    return updated

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,26 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+COLLECTIVE_TIMEOUT_ENV = "MPO_DIST_COLLECTIVE_TIMEOUT_S"
+DEFAULT_COLLECTIVE_TIMEOUT_S = 1800.0
+
+
+def collective_timeout() -> timedelta:
+    """How long a collective may wait for a silent peer before it fails (env MPO_DIST_COLLECTIVE_TIMEOUT_S, default 30 min).
+
+    A rank that dies is normally noticed at once (its sockets close and torchrun stops the others); the timeout bounds the
+    remaining case, a rank that hangs, so the job fails and can be requeued instead of holding its nodes until walltime.
+    """
+    raw = os.environ.get(COLLECTIVE_TIMEOUT_ENV, "")
+    try:
+        seconds = float(raw) if raw else DEFAULT_COLLECTIVE_TIMEOUT_S
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"{COLLECTIVE_TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
+    return timedelta(seconds=seconds)
+
+
 def init_distributed() -> DistributedContext:
     """Join the process group torchrun/srun set up (or make a 1-process one), nccl on GPU, gloo on CPU."""
     on_gpu = torch.cuda.is_available()
@@ -55,7 +76,7 @@ def init_distributed() -> DistributedContext:
     if on_gpu:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False, timeout=collective_timeout())
     device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
@@ -74,11 +95,10 @@ def all_ranks_agree(flag: bool, device: torch.device) -> bool:
 
 
 def _call_model(engine: Any, batch: Batch, rows: list[int] | None, with_mlc: bool) -> ModelOutputs:
-    input_ids, attention_mask, labels = batch.input_ids, batch.attention_mask, batch.labels
-    if rows is not None:
-        input_ids, attention_mask, labels = input_ids[rows], attention_mask[rows], labels[rows]
-    mlc_rows = batch.rows("mlc") if with_mlc and batch.num_mlc_languages else None
-    return engine(input_ids, attention_mask, labels, mlc_rows, batch.last_prompt_index if mlc_rows else None)
+    """Forward of all sequences of `batch`, or of the sequences `rows` only (as a sub-batch in the same layout)."""
+    tokens = batch.sequences(rows)
+    mlc_token_index = batch.mlc_token_index() if with_mlc and batch.num_mlc_languages else None
+    return engine(tokens.input_ids, tokens.attention_mask, tokens.labels, tokens.position_ids, mlc_token_index)
 
 
 class PolicyEngine:
@@ -122,6 +142,13 @@ class PolicyEngine:
         self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
 
     def load(self, directory: Path, tag: str) -> dict:
+        """Restore weights, optimizer and schedule. ZeRO shards only fit the world size that wrote them; a universal
+        checkpoint (loaded when the config says load_universal) fits any."""
+        saved_ranks = len(list((directory / tag).glob("*optim_states.pt")))
+        if not self.engine.load_universal_checkpoint() and saved_ranks != self.engine.dp_world_size:
+            raise ValueError(f"checkpoint {directory / tag} was written by {saved_ranks} ranks and this run has "
+                             f"{self.engine.dp_world_size}: convert it with `mpo-dist convert-universal {directory / tag} "
+                             f"OUT_DIR` and resume from OUT_DIR/{tag}, or resume with {saved_ranks} ranks")
         path, client_state = self.engine.load_checkpoint(
             str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from mpo_dist.data.packing import packed_attention_kwargs
 from mpo_dist.models.head import LogProbHead
 
 
@@ -25,6 +26,10 @@ class AlignmentModel(nn.Module):
     def __init__(self, causal_lm: PreTrainedModel, backend: str, chunk_size: int,
                  mlc_projection: nn.Module | None = None, mlc_layer: int = -1):
         super().__init__()
+        num_layers = causal_lm.config.num_hidden_layers
+        if mlc_projection is not None and not -(num_layers + 1) <= mlc_layer <= num_layers:
+            raise ValueError(f"mlc.layer={mlc_layer} is out of range for a {num_layers}-layer model: the HF hidden_states "
+                             f"index runs from 0 (embeddings) to {num_layers} (final, after the norm), or -1 for the final")
         softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
         causal_lm.lm_head = LogProbHead(causal_lm.lm_head, softcap, backend, chunk_size)
         self.causal_lm = causal_lm
@@ -36,15 +41,21 @@ class AlignmentModel(nn.Module):
         return getattr(self.causal_lm, self.causal_lm.base_model_prefix)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                mlc_rows: slice | None = None, last_prompt_index: torch.Tensor | None = None) -> ModelOutputs:
-        want_layers = mlc_rows is not None and self.mlc_layer != -1
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=want_layers, use_cache=False)
+                position_ids: torch.Tensor | None = None, mlc_token_index: torch.Tensor | None = None) -> ModelOutputs:
+        """[R, T] tensors in, per-token outputs [R, T, ...] out. `position_ids` given means a packed row (positions
+        restart per sequence, see mpo_dist.data.packing); `mlc_token_index` are flat indices into the R*T tokens of the
+        states the MLC projection reads (each MLC prompt's last token)."""
+        want_layers = mlc_token_index is not None and self.mlc_layer != -1
+        if position_ids is None:
+            attention = {"attention_mask": attention_mask}
+        else:
+            attention = packed_attention_kwargs(position_ids, self.causal_lm.config)
+        out = self.backbone(input_ids=input_ids, output_hidden_states=want_layers, use_cache=False, **attention)
         last_hidden = out.last_hidden_state
         token_logprobs = self.causal_lm.lm_head(last_hidden, labels)
         mlc_vectors = None
-        if mlc_rows is not None and self.mlc_projection is not None and last_prompt_index is not None:
+        if mlc_token_index is not None and self.mlc_projection is not None:
             layer_hidden = out.hidden_states[self.mlc_layer] if want_layers else last_hidden
-            rows = layer_hidden[mlc_rows]
-            prompt_states = rows[torch.arange(rows.shape[0], device=rows.device), last_prompt_index]
+            prompt_states = layer_hidden.reshape(-1, layer_hidden.shape[-1])[mlc_token_index]
             mlc_vectors = self.mlc_projection(prompt_states)
         return ModelOutputs(token_logprobs, last_hidden, mlc_vectors)

@@ -39,7 +39,7 @@ def reward_gaps(
         chunk = mine[start : start + batch_size]
         batch = collator(chunk).to(device)
         outputs = forward(batch)
-        logps = pair_logps(outputs.token_logprobs, batch.labels, batch.rows("chosen"), batch.rows("rejected"))
+        logps = pair_logps(outputs.token_logprobs, batch.sequences(), batch.rows("chosen"), batch.rows("rejected"))
         gaps = (logps.chosen_mean() - logps.rejected_mean()).double()
         for i, example in enumerate(chunk):
             index = languages.index(example.language)

@@ -9,29 +9,42 @@ from dataclasses import dataclass
 import torch
 
 from mpo_dist.data.collate import IGNORE_INDEX, Batch
+from mpo_dist.data.packing import SequenceTensors
+from mpo_dist.kernels import segment_sums
 from mpo_dist.losses.base import LossOutput, PreferenceInputs, PreferenceLoss, SequenceLogps
 from mpo_dist.losses.mlc import mlc_loss
 from mpo_dist.models.alignment_model import ModelOutputs
 
 
-def row_sums(token_logprobs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row sum of response-token log-probs and the response token count (padded layout: one row, one sequence)."""
-    return token_logprobs.sum(dim=-1), (labels != IGNORE_INDEX).sum(dim=-1).to(torch.float32)
+def sequence_sums(token_logprobs: torch.Tensor, tokens: SequenceTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence sum of response-token log-probs and response-token count [S] each, by segment id: one path for the
+    padded and the packed layout."""
+    response_segments = torch.where(tokens.labels != IGNORE_INDEX, tokens.segment_ids, -1)
+    return segment_sums(token_logprobs.reshape(-1), response_segments.reshape(-1), tokens.num_sequences)
 
 
-def pair_logps(token_logprobs: torch.Tensor, labels: torch.Tensor, chosen: slice, rejected: slice) -> SequenceLogps:
-    sums, counts = row_sums(token_logprobs, labels)
+def pair_logps(token_logprobs: torch.Tensor, tokens: SequenceTensors, chosen: slice, rejected: slice) -> SequenceLogps:
+    sums, counts = sequence_sums(token_logprobs, tokens)
     return SequenceLogps(sums[chosen], sums[rejected], counts[chosen], counts[rejected])
 
 
-def pooled_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Mean of the final hidden states over the sequence: real tokens only ("masked") or every position including
-    right padding ("all_positions", the released MPO code's behaviour)."""
-    hidden = hidden.float()
+def pooled_hidden(hidden: torch.Tensor, tokens: SequenceTensors, sequences: slice, pooling: str) -> torch.Tensor:
+    """[k, H] mean of the final hidden states of each sequence in `sequences`: over its real tokens ("masked"), or over
+    every position of its padded row including right padding ("all_positions", the released MPO code's behaviour, which
+    has no meaning for a packed batch)."""
     if pooling == "all_positions":
-        return hidden.mean(dim=1)
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+        if tokens.packed:
+            raise ValueError("MPO pooling 'all_positions' averages over right padding, which a packed batch does not have; "
+                             "use pooling 'masked' with data.packing")
+        return hidden[sequences].float().mean(dim=1)
+    flat_segments = tokens.segment_ids.reshape(-1)
+    positions = ((flat_segments >= sequences.start) & (flat_segments < sequences.stop)).nonzero().squeeze(1)
+    local = flat_segments[positions] - sequences.start
+    count = sequences.stop - sequences.start
+    # A one-hot matmul instead of index_add: deterministic on GPU, and only the wanted tokens are cast to float32.
+    one_hot = (local[None, :] == torch.arange(count, device=local.device)[:, None]).float()
+    sums = one_hot @ hidden.reshape(-1, hidden.shape[-1])[positions].float()
+    return sums / one_hot.sum(dim=1, keepdim=True).clamp_min(1.0)
 
 
 @dataclass(frozen=True)
@@ -44,7 +57,7 @@ class ReferencePlan:
 
     @staticmethod
     def for_loss(loss: PreferenceLoss, batch: Batch) -> "ReferencePlan":
-        rows: list[int] = []
+        rows: list[int] = []  # sequence indices
         pair_offset = anchor_offset = None
         if loss.needs_reference:
             pair_offset = len(rows)
@@ -55,35 +68,55 @@ class ReferencePlan:
         return ReferencePlan(rows, pair_offset, anchor_offset)
 
 
-def _pairs_at(outputs: ModelOutputs, labels: torch.Tensor, offset: int, p: int) -> SequenceLogps:
-    return pair_logps(outputs.token_logprobs, labels, slice(offset, offset + p), slice(offset + p, offset + 2 * p))
+def _pairs_at(outputs: ModelOutputs, tokens: SequenceTensors, offset: int, p: int) -> SequenceLogps:
+    return pair_logps(outputs.token_logprobs, tokens, slice(offset, offset + p), slice(offset + p, offset + 2 * p))
 
 
-def _anchor_hidden(outputs: ModelOutputs, attention_mask: torch.Tensor, offset: int, p: int, pooling: str) -> torch.Tensor:
-    pooled = pooled_hidden(outputs.last_hidden[offset : offset + 2 * p], attention_mask, pooling)
+def _anchor_hidden(outputs: ModelOutputs, tokens: SequenceTensors, offset: int, p: int, pooling: str) -> torch.Tensor:
+    pooled = pooled_hidden(outputs.last_hidden, tokens, slice(offset, offset + 2 * p), pooling)
     return torch.stack([pooled[:p], pooled[p:]], dim=1)  # [P, 2, H]
 
 
-def preference_inputs(policy: ModelOutputs, reference: ModelOutputs | None, plan: ReferencePlan, batch: Batch,
-                      loss: PreferenceLoss, pooling: str) -> PreferenceInputs:
+@dataclass
+class ReferenceTerms:
+    """What the frozen reference contributes to one micro-batch's PreferenceInputs, for its P pairs in batch order.
+
+    Computed by an online reference forward (`reference_terms`) or read back from the precomputed cache
+    (mpo_dist.engine.reference_cache), so the loss cannot tell the two apart."""
+
+    reference: SequenceLogps | None = None  # the training-language pair (DPO family, MPO gap="dpo")
+    anchor_reference: SequenceLogps | None = None  # the dominant-language pair (MPO)
+    anchor_reference_hidden: torch.Tensor | None = None  # [P, 2, H] pooled dominant chosen / rejected (MPO L2)
+
+
+def reference_terms(reference: ModelOutputs, plan: ReferencePlan, batch: Batch, loss: PreferenceLoss,
+                    pooling: str) -> ReferenceTerms:
+    """`reference` is the reference model's output on the sub-batch `batch.sequences(plan.rows)`."""
     p = batch.num_pairs
-    inputs = PreferenceInputs(policy=pair_logps(policy.token_logprobs, batch.labels, batch.rows("chosen"), batch.rows("rejected")))
-    if reference is None:
-        return inputs
-    ref_labels = batch.labels[plan.rows]
-    ref_mask = batch.attention_mask[plan.rows]
+    reference_tokens = batch.sequences(plan.rows)
+    terms = ReferenceTerms()
     if plan.pair_offset is not None:
-        inputs.reference = _pairs_at(reference, ref_labels, plan.pair_offset, p)
+        terms.reference = _pairs_at(reference, reference_tokens, plan.pair_offset, p)
     if plan.anchor_offset is not None:
-        inputs.anchor_reference = _pairs_at(reference, ref_labels, plan.anchor_offset, p)
+        terms.anchor_reference = _pairs_at(reference, reference_tokens, plan.anchor_offset, p)
         if loss.needs_anchor_hidden:
-            anchor_start = batch.rows("anchor_chosen").start
-            anchor_mask = batch.attention_mask[anchor_start : anchor_start + 2 * p]
-            inputs.anchor_policy_hidden = _anchor_hidden(policy, anchor_mask, anchor_start, p, pooling)
-            inputs.anchor_reference_hidden = _anchor_hidden(
-                reference, ref_mask[plan.anchor_offset : plan.anchor_offset + 2 * p], plan.anchor_offset, p, pooling
-            ).detach()
-    return inputs
+            terms.anchor_reference_hidden = _anchor_hidden(reference, reference_tokens, plan.anchor_offset, p, pooling).detach()
+    return terms
+
+
+def preference_inputs(policy: ModelOutputs, reference: ReferenceTerms | None, batch: Batch, loss: PreferenceLoss,
+                      pooling: str) -> PreferenceInputs:
+    p = batch.num_pairs
+    tokens = batch.sequences()
+    anchor_policy_hidden = None
+    if loss.needs_anchor_hidden and batch.has_anchor:
+        anchor_policy_hidden = _anchor_hidden(policy, tokens, batch.rows("anchor_chosen").start, p, pooling)
+    reference = reference or ReferenceTerms()
+    return PreferenceInputs(
+        policy=pair_logps(policy.token_logprobs, tokens, batch.rows("chosen"), batch.rows("rejected")),
+        reference=reference.reference, anchor_reference=reference.anchor_reference,
+        anchor_policy_hidden=anchor_policy_hidden, anchor_reference_hidden=reference.anchor_reference_hidden,
+    )
 
 
 def total_loss(base: LossOutput, policy: ModelOutputs, batch: Batch, mlc_weight: float, mlc_tau: float, mlc_eps: float) -> LossOutput:

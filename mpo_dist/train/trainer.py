@@ -25,7 +25,7 @@ from mpo_dist.data.examples import PreferenceExample, build_examples
 from mpo_dist.data.loading import load_all
 from mpo_dist.data.sampler import ResumableDistributedSampler
 from mpo_dist.data.tokenize import ChatEncoder
-from mpo_dist.engine.ds_config import render_policy_config, render_reference_config
+from mpo_dist.engine.ds_config import render_policy_config, render_reference_config, with_universal_loading
 from mpo_dist.engine.engines import (
     DistributedContext,
     PolicyEngine,
@@ -36,6 +36,8 @@ from mpo_dist.engine.engines import (
     init_distributed,
 )
 from mpo_dist.engine.hf_export import export_live_policy
+from mpo_dist.engine.reference_cache import ReferenceCache, reference_fingerprint
+from mpo_dist.engine.universal import is_universal
 from mpo_dist.engine.zero3_loading import DTYPES
 from mpo_dist.losses import build_loss
 from mpo_dist.losses.base import LossOutput
@@ -44,7 +46,7 @@ from mpo_dist.train.checkpoint import CheckpointManager, resolve_resume
 from mpo_dist.train.evaluate import reward_gaps
 from mpo_dist.train.logger import METRICS_FILE, RunLogger, memory_gib, setup_console_logging
 from mpo_dist.train.preemption import COMPLETED_FILE, EXIT_REQUEUE, STOP_FILE, StopRequest
-from mpo_dist.train.step import ReferencePlan, preference_inputs, total_loss
+from mpo_dist.train.step import ReferencePlan, preference_inputs, reference_terms, total_loss
 
 log = logging.getLogger("mpo_dist")
 
@@ -85,7 +87,7 @@ class Trainer:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.train_examples, self.eval_examples = self._build_examples()
-        self.collator = PreferenceCollator(self.tokenizer.pad_token_id)
+        self.collator = PreferenceCollator(self.tokenizer.pad_token_id, packing=config.data.packing)
         self.sampler = ResumableDistributedSampler(
             len(self.train_examples), rank=self.ctx.rank, world_size=self.ctx.world_size,
             micro_batch_size=config.train.micro_batch_size, seed=config.train.seed,
@@ -118,21 +120,33 @@ class Trainer:
                                         with_anchor=False)
         return train, evaluation
 
-    def _build_engines(self) -> tuple[PolicyEngine, ReferenceEngine | None]:
+    def _build_engines(self) -> tuple[PolicyEngine, ReferenceEngine | ReferenceCache | None]:
         config = self.config
+        reference_needed = self.loss.needs_reference or self.loss.needs_anchor
+        cache = None
+        if reference_needed and config.engine.reference == "cache":  # checked first: a stale cache fails in seconds
+            cache = ReferenceCache.open(config.engine.reference_cache, reference_fingerprint(config, self.dtype_name),
+                                        self.ctx.device)
+            cache.require_examples(example.example_id for example in self.train_examples)
         hidden_size = AutoConfig.from_pretrained(config.model.path).hidden_size
         dtype = DTYPES[self.dtype_name]
         common = dict(attn_implementation=config.model.attn_implementation, logprob_backend=config.model.logprob_backend,
                       logprob_chunk_size=config.model.logprob_chunk_size)
         policy_ds = render_policy_config(config, world_size=self.ctx.world_size, total_steps=self.total_steps,
                                          dtype=self.dtype_name, hidden_size=hidden_size, on_gpu=self.ctx.on_gpu)
+        # resolved before the engine exists: a universal checkpoint (another world size) needs load_universal in its config
+        self.resume_dir = resolve_resume(config.checkpoint.resume, self.output_dir / "checkpoints")
+        if self.resume_dir is not None and is_universal(self.resume_dir):
+            policy_ds = with_universal_loading(policy_ds)
         policy_model = build_alignment_model(
             config.model.path, policy_ds, dtype, gradient_checkpointing=config.model.gradient_checkpointing,
             mlc_dim=config.mlc.dim if config.mlc.enabled else 0, mlc_layer=config.mlc.layer, seed=config.train.seed, **common,
         )
         policy = PolicyEngine(policy_model, policy_ds)
+        if cache is not None:
+            return policy, cache
         reference = None
-        if self.loss.needs_reference or self.loss.needs_anchor:
+        if reference_needed:
             reference_ds = render_reference_config(config, world_size=self.ctx.world_size, dtype=self.dtype_name,
                                                    hidden_size=hidden_size, on_gpu=self.ctx.on_gpu)
             reference = ReferenceEngine(build_alignment_model(config.model.path, reference_ds, dtype, **common), reference_ds)
@@ -142,8 +156,12 @@ class Trainer:
     def micro_step(self, batch: Batch, mlc_weight: float) -> LossOutput:
         policy_out = self.policy.forward(batch)
         plan = ReferencePlan.for_loss(self.loss, batch)
-        reference_out = self.reference.forward(batch, plan.rows) if self.reference is not None and plan.rows else None
-        base = self.loss(preference_inputs(policy_out, reference_out, plan, batch, self.loss, self.pooling))
+        terms = None
+        if isinstance(self.reference, ReferenceCache):
+            terms = self.reference.terms(batch)
+        elif self.reference is not None and plan.rows:
+            terms = reference_terms(self.reference.forward(batch, plan.rows), plan, batch, self.loss, self.pooling)
+        base = self.loss(preference_inputs(policy_out, terms, batch, self.loss, self.pooling))
         mlc = self.config.mlc
         out = total_loss(base, policy_out, batch, mlc_weight, mlc.tau, mlc.eps)
         self.policy.backward(out.loss)
@@ -215,7 +233,7 @@ class Trainer:
         log.info("saved checkpoint %s", tag_dir)
 
     def _resume(self) -> int:
-        tag_dir = resolve_resume(self.config.checkpoint.resume, self.checkpoints.root)
+        tag_dir = self.resume_dir
         if tag_dir is None:
             return 0
         state = self.checkpoints.load(self.policy, tag_dir)

@@ -1,0 +1,258 @@
+"""Reference terms computed once by `mpo-dist precompute-ref` and read back during training, keyed by example id.
+
+MPO's reference terms depend only on the frozen initial model and the dominant-language data (METHODS.md §1), the DPO
+family's only on the frozen model and the training pair. One pass before training therefore replaces the reference
+forward of every step: training with `engine.reference: cache` builds no second ZeRO-3 engine and moves no offloaded
+parameters.
+
+A cache directory holds
+    index.json                              format, fingerprint, cached term names, each shard's example ids
+    reference-RRRRR-of-WWWWW.safetensors    one per rank of the precompute run; float32, row i = the shard's example i
+
+A cache is used only when its fingerprint equals the run's (model config and sampled weight bytes, tokenizer files,
+training data contents, tokenisation settings, the loss's cached terms, dtype, attention kernel) and it holds every
+training example; anything else is refused with what differs and the command that rebuilds it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from mpo_dist.config import Config
+from mpo_dist.data.collate import Batch
+from mpo_dist.data.loading import resolve_path
+from mpo_dist.losses import build_loss
+from mpo_dist.losses.base import PreferenceLoss, SequenceLogps
+from mpo_dist.train.step import ReferenceTerms, sequence_sums
+
+CACHE_FORMAT = 1
+INDEX_FILE = "index.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
+TOKENIZER_PREFIXES = ("tokenizer", "special_tokens", "added_tokens", "vocab", "merges", "chat_template")
+SAMPLED_BYTES = 1 << 20  # weight files: size + first and last MiB (a 70B checkpoint is too large to hash at job start)
+LOGPS_FIELDS = tuple(f.name for f in dataclasses.fields(SequenceLogps))
+REBUILD_HINT = ("rebuild it with the run's config and overrides (under torchrun / srun, like train): "
+                "mpo-dist precompute-ref --config CONFIG [--set KEY=VALUE ...] --out {directory}")
+
+
+class StaleReferenceCacheError(ValueError):
+    """The cache does not belong to this run (other model, data, settings or loss) or lacks some of its examples."""
+
+
+# ---- fingerprint ----------------------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()[:32]
+
+
+def _sampled_digest(path: Path) -> str:
+    """Size plus a hash of the first and last MiB: a safetensors header (names, shapes, offsets) and real weight bytes,
+    cheap even for 140 GB of shards, and unchanged by copying the model to another file system."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        digest.update(handle.read(SAMPLED_BYTES))
+        if size > SAMPLED_BYTES:
+            handle.seek(max(size - SAMPLED_BYTES, SAMPLED_BYTES))
+            digest.update(handle.read())
+    return f"{size}:{digest.hexdigest()[:32]}"
+
+
+def _data_digest(path: Path) -> str:
+    if path.is_dir():  # a `datasets` saved directory: every file, in a stable order
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{file.relative_to(path)}\0{_sha256(file)}\0".encode())
+        return digest.hexdigest()[:32]
+    return _sha256(path)
+
+
+def cached_term_names(loss: PreferenceLoss) -> list[str]:
+    """The ReferenceTerms fields this loss reads, i.e. what the cache must hold."""
+    names = (["reference"] if loss.needs_reference else []) + (["anchor_reference"] if loss.needs_anchor else [])
+    return names + (["anchor_reference_hidden"] if loss.needs_anchor_hidden else [])
+
+
+def reference_fingerprint(config: Config, dtype: str) -> dict[str, Any]:
+    """Everything the cached values depend on, as readable JSON (so a mismatch can be named, not just detected).
+
+    `dtype` is the resolved model dtype (fp32 / bf16 / fp16). Options applied after the reference (beta, alpha,
+    length_normalize) and the log-prob backend (same values up to rounding) are left out on purpose."""
+    model_dir = Path(config.model.path)
+    tokenizer_dir = Path(config.model.tokenizer or config.model.path)
+    loss_options = config.loss.options()
+    loss = build_loss(config.loss.name, loss_options)
+    model = {"config.json": _sha256(model_dir / "config.json")}
+    model |= {p.name: _sampled_digest(p) for p in sorted(model_dir.iterdir()) if p.name.endswith(WEIGHT_SUFFIXES)}
+    tokenizer = {p.name: _sha256(p) for p in sorted(tokenizer_dir.iterdir())
+                 if p.is_file() and p.name.startswith(TOKENIZER_PREFIXES)}
+    data = [{"format": f.format, "source_language": f.source_language, "target_language": f.target_language,
+             "sha256": _data_digest(resolve_path(f.path))} for f in config.data.train_files]
+    settings = config.data
+    encoding = {"max_length": settings.max_length, "max_prompt_length": settings.max_prompt_length,
+                "system_prompt": settings.system_prompt, "dominant_language": settings.dominant_language,
+                "languages": list(settings.languages)}
+    terms = {"loss": config.loss.name, "terms": cached_term_names(loss), "dtype": dtype,
+             "attn_implementation": config.model.attn_implementation}
+    if hasattr(loss_options, "gap"):
+        terms["gap"] = loss_options.gap
+    if loss.needs_anchor_hidden:
+        terms["pooling"] = getattr(loss_options, "pooling", "masked")
+    return {"format": CACHE_FORMAT, "model": model, "tokenizer": tokenizer, "data": data, "encoding": encoding,
+            "reference": terms}
+
+
+def fingerprint_differences(cached: Any, current: Any, path: str = "") -> list[str]:
+    """One line per differing leaf, e.g. "encoding.max_length: cached 96, now 80"."""
+    if isinstance(cached, dict) and isinstance(current, dict):
+        lines = []
+        for key in sorted(set(cached) | set(current)):
+            where = f"{path}.{key}" if path else key
+            if key not in current:
+                lines.append(f"{where}: in the cache, absent now")
+            elif key not in cached:
+                lines.append(f"{where}: absent in the cache, now {json.dumps(current[key])}")
+            else:
+                lines += fingerprint_differences(cached[key], current[key], where)
+        return lines
+    if isinstance(cached, list) and isinstance(current, list) and len(cached) == len(current):
+        return [line for i, (a, b) in enumerate(zip(cached, current)) for line in fingerprint_differences(a, b, f"{path}[{i}]")]
+    return [] if cached == current else [f"{path}: cached {json.dumps(cached)}, now {json.dumps(current)}"]
+
+
+# ---- writing (precompute-ref) ---------------------------------------------------------------------------------------
+def shard_file_name(rank: int, world_size: int) -> str:
+    return f"reference-{rank:05d}-of-{world_size:05d}.safetensors"
+
+
+def prepare_directory(directory: Path) -> None:
+    """Rank 0, before any shard is written: drop the index first (a half-rebuilt cache is then never readable) and
+    the shards of an earlier build, which may come from another world size."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / INDEX_FILE).unlink(missing_ok=True)
+    for old in directory.glob("reference-*-of-*.safetensors"):
+        old.unlink()
+
+
+def term_tensors(terms: ReferenceTerms) -> dict[str, torch.Tensor]:
+    """A batch's terms as named float32 CPU tensors with one row per pair, the shard's storage layout."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name in ("reference", "anchor_reference"):
+        logps = getattr(terms, name)
+        if logps is not None:
+            tensors |= {f"{name}.{field}": getattr(logps, field) for field in LOGPS_FIELDS}
+    if terms.anchor_reference_hidden is not None:
+        tensors["anchor_reference_hidden"] = terms.anchor_reference_hidden
+    return {name: tensor.detach().float().cpu() for name, tensor in tensors.items()}
+
+
+def write_shard(directory: Path, rank: int, world_size: int, batches: list[dict[str, torch.Tensor]]) -> str | None:
+    """Concatenate this rank's per-batch `term_tensors` (in example order) into its shard; None when it has none."""
+    from safetensors.torch import save_file
+
+    if not batches:
+        return None
+    tensors = {name: torch.cat([batch[name] for batch in batches]).contiguous() for name in batches[0]}
+    name = shard_file_name(rank, world_size)
+    save_file(tensors, str(directory / name))
+    return name
+
+
+def write_index(directory: Path, fingerprint: dict[str, Any], term_names: list[str],
+                shards: list[tuple[str, list[str]]]) -> None:
+    """Rank 0, after every shard is on disk: the index makes the cache readable (written to a temp file, renamed)."""
+    owner: dict[str, str] = {}
+    for file, example_ids in shards:
+        for example_id in example_ids:
+            if example_id in owner:
+                raise ValueError(f"example id {example_id!r} occurs twice in the training data; the reference cache is "
+                                 "keyed by example id (<record id>/<language>), so give every record a unique id")
+            owner[example_id] = file
+    index = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "terms": term_names, "num_examples": len(owner),
+             "shards": [{"file": file, "example_ids": ids} for file, ids in shards]}
+    partial = directory / f"{INDEX_FILE}.partial"
+    partial.write_text(json.dumps(index, indent=1))
+    os.replace(partial, directory / INDEX_FILE)
+
+
+# ---- reading (training) ---------------------------------------------------------------------------------------------
+class ReferenceCache:
+    """Read-only view of a checked cache; `terms(batch)` returns the batch's ReferenceTerms on `device`.
+
+    Shards are memory-mapped and read row by row, so a rank holds only its current micro-batch in memory."""
+
+    def __init__(self, directory: Path, index: dict[str, Any], device: torch.device):
+        from safetensors import safe_open
+
+        self.directory = directory
+        self.device = device
+        self.term_names: list[str] = index["terms"]
+        self._shards = [safe_open(str(directory / shard["file"]), framework="pt") for shard in index["shards"]]
+        self._location = {example_id: (s, row) for s, shard in enumerate(index["shards"])
+                          for row, example_id in enumerate(shard["example_ids"])}
+
+    @classmethod
+    def open(cls, directory: str | Path, fingerprint: dict[str, Any], device: torch.device) -> "ReferenceCache":
+        """Refuse a missing, unfinished or mismatched cache with what differs and how to rebuild it."""
+        directory = Path(directory)
+        hint = REBUILD_HINT.format(directory=directory)
+        index_path = directory / INDEX_FILE
+        if not index_path.is_file():
+            raise StaleReferenceCacheError(f"no reference cache at {directory} ({INDEX_FILE} is missing: never built, or "
+                                           f"precompute-ref did not finish); {hint}")
+        index = json.loads(index_path.read_text())
+        differences = fingerprint_differences(index.get("fingerprint", {}), fingerprint)
+        if differences:
+            raise StaleReferenceCacheError(f"the reference cache {directory} was built for a different run:\n  "
+                                           + "\n  ".join(differences) + f"\n{hint}")
+        missing = [shard["file"] for shard in index["shards"] if not (directory / shard["file"]).is_file()]
+        if missing:
+            raise StaleReferenceCacheError(f"the reference cache {directory} lacks its shard(s) {missing}; {hint}")
+        return cls(directory, index, device)
+
+    def require_examples(self, example_ids: Iterable[str]) -> None:
+        """Checked at start-up so a missing example fails the job before training, not hours into it."""
+        missing = [example_id for example_id in example_ids if example_id not in self._location]
+        if missing:
+            raise StaleReferenceCacheError(
+                f"{len(missing)} training example(s) are not in the reference cache {self.directory} (e.g. "
+                f"{', '.join(missing[:3])}); {REBUILD_HINT.format(directory=self.directory)}")
+
+    def _stacked(self, name: str, example_ids: list[str]) -> torch.Tensor:
+        rows = []
+        for example_id in example_ids:
+            shard, row = self._location[example_id]
+            rows.append(self._shards[shard].get_slice(name)[row : row + 1])
+        return torch.cat(rows).to(self.device)
+
+    def _logps(self, name: str, batch: Batch, chosen: slice, rejected: slice) -> SequenceLogps:
+        logps = SequenceLogps(*(self._stacked(f"{name}.{field}", batch.example_ids) for field in LOGPS_FIELDS))
+        no_values = torch.zeros(batch.labels.shape, device=batch.labels.device)
+        counts = sequence_sums(no_values, batch.sequences())[1].to(self.device)
+        if not (torch.equal(logps.chosen_tokens, counts[chosen]) and torch.equal(logps.rejected_tokens, counts[rejected])):
+            raise StaleReferenceCacheError(
+                f"reference cache {self.directory}: the cached response token counts of {name} for {batch.example_ids} "
+                "differ from this batch's, so the examples were tokenised differently when the cache was built; "
+                + REBUILD_HINT.format(directory=self.directory))
+        return logps
+
+    def terms(self, batch: Batch) -> ReferenceTerms:
+        self.require_examples(batch.example_ids)
+        terms = ReferenceTerms()
+        if "reference" in self.term_names:
+            terms.reference = self._logps("reference", batch, batch.rows("chosen"), batch.rows("rejected"))
+        if "anchor_reference" in self.term_names:
+            terms.anchor_reference = self._logps("anchor_reference", batch, batch.rows("anchor_chosen"),
+                                                 batch.rows("anchor_rejected"))
+        if "anchor_reference_hidden" in self.term_names:
+            terms.anchor_reference_hidden = self._stacked("anchor_reference_hidden", batch.example_ids)
+        return terms

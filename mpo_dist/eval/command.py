@@ -1,0 +1,225 @@
+"""`mpo-dist eval`: reward gaps and judged generations per language for a model (and a reference), then the report.
+
+Runs as one process or under torchrun (plain torch.distributed: gloo on CPU, nccl on GPU; no DeepSpeed, since the models
+are ordinary Hugging Face directories). Work is sharded over ranks and gathered on rank 0, which writes everything.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mpo_dist.data.schema import DataError, ParallelRecord
+from mpo_dist.eval.readers import FORMATS, read_eval_data
+
+if TYPE_CHECKING:  # torch and transformers are imported when the command runs, so `mpo-dist --help` stays fast
+    import torch
+
+    from mpo_dist.eval.generation import GenerationSettings, JudgedResponse
+    from mpo_dist.eval.judge import SafetyJudge
+    from mpo_dist.eval.report import ModelScores
+
+GENERATIONS_FILE = "generations.jsonl"
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    rank: int
+    world_size: int
+    device: torch.device
+    owns_process_group: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def say(self, message: str) -> None:
+        if self.is_main:
+            print(f"[mpo-dist eval] {message}", flush=True)
+
+
+def init_context() -> EvalContext:
+    """Join the process group torchrun set up (nccl on GPU, gloo on CPU), or run as a world of one."""
+    import torch
+    import torch.distributed as dist
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
+    if on_gpu:
+        torch.cuda.set_device(device)
+    owns = world_size > 1 and not dist.is_initialized()
+    if owns:
+        dist.init_process_group(backend="nccl" if on_gpu else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return EvalContext(rank, dist.get_world_size() if dist.is_initialized() else 1, device, owns)
+
+
+def check_model_dir(path: Path, option: str) -> Path:
+    """A Hugging Face directory; a training output or DeepSpeed checkpoint gets the export hint instead."""
+    training_output = ((path / "checkpoints").is_dir() or (path / "latest").is_file() or any(path.glob("step_*"))
+                       or any(path.glob("*model_states.pt")))
+    if training_output:  # checked first: a training output also holds a config.json (the run's config)
+        raise ValueError(f"{option} {path} is a training output / DeepSpeed checkpoint, not a Hugging Face model: export it "
+                         f"first (`mpo-dist export RUN/checkpoints/step_XXXXXXXX OUT_DIR`) and pass OUT_DIR")
+    if (path / "config.json").is_file():
+        return path
+    raise FileNotFoundError(f"{option} {path} is not a Hugging Face model directory (no config.json)")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def generation_settings(args: argparse.Namespace) -> GenerationSettings:
+    from mpo_dist.eval.generation import GenerationSettings
+
+    sampling = args.temperature is not None or args.top_p is not None
+    if sampling and args.greedy:
+        raise ValueError("--greedy cannot be combined with --temperature / --top-p (they ask for sampling)")
+    return GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=sampling,
+                              temperature=args.temperature if args.temperature is not None else 1.0,
+                              top_p=args.top_p if args.top_p is not None else 1.0, batch_size=args.batch_size, seed=args.seed)
+
+
+def evaluate_model(role: str, path: Path, records: list[ParallelRecord], languages: list[str], judge: SafetyJudge,
+                   settings: GenerationSettings, args: argparse.Namespace,
+                   ctx: EvalContext) -> tuple[ModelScores, list[JudgedResponse] | None]:
+    """Reward gaps (all ranks) and judged generations (gathered on rank 0) of one model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mpo_dist.data.tokenize import ChatEncoder
+    from mpo_dist.eval.generation import PromptItem, generate_and_judge
+    from mpo_dist.eval.report import ModelScores, safety_counts
+    from mpo_dist.eval.reward_gaps import model_reward_gaps, preference_examples
+
+    ctx.say(f"{role}: loading {path}")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(args.dtype, ctx.device), local_files_only=True)
+    model.to(ctx.device).eval()
+    encoder = ChatEncoder(tokenizer, args.max_length, args.max_prompt_length, args.system_prompt)
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    examples = preference_examples(records, encoder, languages, args.dominant_language)
+    ctx.say(f"{role}: reward gaps on {len(examples)} held-out pairs")
+    gaps = model_reward_gaps(model, examples, pad_token_id, batch_size=args.batch_size, device=ctx.device,
+                             rank=ctx.rank, world_size=ctx.world_size)
+    items = [PromptItem(record.id, lang, record.prompt[lang]) for record in records for lang in record.prompt]
+    ctx.say(f"{role}: generating and judging {len(items)} responses ({settings.describe()})")
+    responses = generate_and_judge(model, encoder, items, judge, settings, ctx.device, ctx.rank, ctx.world_size)
+    del model
+    gc.collect()
+    if ctx.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return ModelScores(role, role, str(path), gaps, safety_counts(responses or [])), responses
+
+
+def write_generations(path: Path, judged: dict[str, list[JudgedResponse]]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for role, responses in judged.items():
+            for r in responses:
+                handle.write(json.dumps({"role": role, "id": r.record_id, "language": r.language, "prompt": r.prompt,
+                                         "response": r.response, "is_safe": r.is_safe}, ensure_ascii=False) + "\n")
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from mpo_dist.eval.judge import build_judge
+    from mpo_dist.eval.report import EvalReport, load_run_history, write_report
+
+    ctx = init_context()
+    try:
+        model_dir = check_model_dir(args.model, "--model")
+        models = ([("reference", check_model_dir(args.reference, "--reference"))] if args.reference else []) + [("model", model_dir)]
+        out = args.out if args.out is not None else model_dir.parent / f"{model_dir.name}-eval"
+        history = load_run_history(args.run_dir) if args.run_dir is not None else []
+        settings = generation_settings(args)
+        if not 0 < args.max_prompt_length < args.max_length:
+            raise ValueError(f"need 0 < --max-prompt-length < --max-length, got {args.max_prompt_length} and {args.max_length}")
+        requested = [lang.strip() for lang in args.languages.split(",") if lang.strip()] if args.languages else []
+        records = read_eval_data(args.data, args.format, args.dominant_language, requested)
+        languages = requested or list(dict.fromkeys(lang for record in records for lang in record.prompt))
+        judge = build_judge(args.judge, args.judge_model, args.judge_template, ctx.device, args.judge_unsafe_index, args.batch_size)
+        scores, judged = [], {}
+        for role, path in models:
+            model_scores, responses = evaluate_model(role, path, records, languages, judge, settings, args, ctx)
+            scores.append(model_scores)
+            judged[role] = responses
+        if ctx.is_main:
+            pairs = {lang: sum(lang in record.pair_languages() for record in records) for lang in languages}
+            prompts = {lang: sum(lang in record.prompt for record in records) for lang in languages}
+            report = EvalReport(languages, scores, {k: v for k, v in pairs.items() if v}, prompts, history=history, settings={
+                "data": ", ".join(args.data), "judge": judge.name, "generation": settings.describe(),
+                "processes": str(ctx.world_size), **({"training run": str(args.run_dir)} if args.run_dir else {})})
+            files = write_report(report, out)
+            write_generations(out / GENERATIONS_FILE, judged)
+            print((out / "report.md").read_text(encoding="utf-8"))
+            ctx.say(f"wrote {', '.join(str(p) for p in files.values())} and {out / GENERATIONS_FILE}")
+        if dist.is_initialized():
+            dist.barrier()
+        return 0
+    finally:
+        if ctx.owns_process_group:
+            dist.destroy_process_group()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return evaluate(args)
+    except (DataError, ValueError, FileNotFoundError) as error:
+        print(f"mpo-dist eval: error: {error}", file=sys.stderr)
+        return 2
+
+
+def register(subparsers) -> None:
+    """Add `eval` to the CLI's sub-command parsers; the CLI then calls args.func(args)."""
+    parser = subparsers.add_parser(
+        "eval", help="per-language reward gaps, judged generations (safety rate / ASR) and a report",
+        description="Evaluate a Hugging Face model (and optionally a reference) per language: held-out reward gaps, "
+                    "generations judged safe/unsafe, safety rate and attack-success rate, their mean and variance across "
+                    "languages; writes report.md, report.html, metrics.json, generations.jsonl, PNG plots and TensorBoard "
+                    "scalars. Run under torchrun to shard over processes. Exit status: 0 done, 2 bad input.")
+    parser.add_argument("--model", type=Path, required=True, help="Hugging Face model directory (export DeepSpeed checkpoints first)")
+    parser.add_argument("--reference", type=Path, help="Hugging Face directory of the model before training, for comparison")
+    parser.add_argument("--data", nargs="+", required=True, metavar="FILE",
+                        help="held-out files (unified / MLC JSONL, MultiJail CSV, PKU-style JSONL, or sample:heldout)")
+    parser.add_argument("--format", choices=FORMATS, default="auto", help="data format of every --data file (default auto)")
+    parser.add_argument("--languages", help="comma-separated language codes to evaluate (default: every language in the data)")
+    parser.add_argument("--dominant-language", default="en",
+                        help="language of the plain 'prompt' / 'chosen' / 'rejected' fields of MLC and PKU rows (default en)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per response (default 64)")
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding (the default unless --temperature/--top-p)")
+    parser.add_argument("--temperature", type=float, help="sample with this temperature (default 1.0 when sampling)")
+    parser.add_argument("--top-p", type=float, help="sample from the nucleus of this probability mass (default 1.0 when sampling)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed; batch b uses seed + b (default 0)")
+    parser.add_argument("--judge", default="refusal-phrases", metavar="refusal-phrases|MODULE:FACTORY",
+                        help="refusal-phrases (built in, the default) or your own judge: a callable 'package.module:name' "
+                             "taking device= and returning an object with judge(prompts, responses, languages)")
+    parser.add_argument("--judge-model",
+                        help="local judge model directory: a sequence classifier, or a chat model with --judge-template")
+    parser.add_argument("--judge-template", help="user-prompt template file for a chat-model judge; {prompt}, {response}, "
+                                                 "{language} are filled in; the answer must say SAFE or UNSAFE")
+    parser.add_argument("--judge-unsafe-index", type=int,
+                        help="classifier judge: index of the unsafe label when the label names do not say 'safe'/'unsafe'")
+    parser.add_argument("--out", type=Path, help="report directory (default: MODEL_DIR-eval next to the model directory)")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward / prompts per generate call (default 8)")
+    parser.add_argument("--run-dir", type=Path,
+                        help="training output directory: adds its reward-gap curves (eval.jsonl or tensorboard/)")
+    parser.add_argument("--max-length", type=int, default=1024, help="prompt + response tokens for reward gaps (default 1024)")
+    parser.add_argument("--max-prompt-length", type=int, default=512, help="prompt tokens kept, from the end (default 512)")
+    parser.add_argument("--system-prompt", default="", help="system message, as data.system_prompt in training (default none)")
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+                        help="model dtype; auto = bfloat16 on GPU, float32 on CPU")
+    parser.set_defaults(func=run)

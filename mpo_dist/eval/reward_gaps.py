@@ -1,0 +1,52 @@
+"""Held-out reward gaps of a plain Hugging Face causal LM, through the training code's own path.
+
+The training evaluation (`mpo_dist.train.evaluate.reward_gaps`) does the sharding, padding and per-language means; this
+module only supplies a forward that turns a collated batch into per-token label log-probs with the fused head
+(`label_logprobs` on the final hidden states and the LM-head weight, Gemma-2's soft-cap included), so an exported model
+scores exactly as it did during training.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from transformers import PreTrainedModel
+
+from mpo_dist.data.collate import Batch, PreferenceCollator
+from mpo_dist.data.examples import PreferenceExample, build_examples
+from mpo_dist.data.schema import ParallelRecord
+from mpo_dist.data.tokenize import ChatEncoder
+from mpo_dist.kernels import label_logprobs
+from mpo_dist.models.alignment_model import ModelOutputs
+from mpo_dist.train.evaluate import reward_gaps
+
+
+def logprob_forward(model: PreTrainedModel) -> Callable[[Batch], ModelOutputs]:
+    """Batch -> ModelOutputs with float32 log p(label) per token (0 off the response), no full logits kept."""
+    backbone = getattr(model, model.base_model_prefix)
+    head = model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+
+    @torch.inference_mode()
+    def forward(batch: Batch) -> ModelOutputs:
+        hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+        token_logprobs = label_logprobs(hidden.reshape(-1, hidden.shape[-1]), head.weight, batch.labels.reshape(-1),
+                                        bias=head.bias, softcap=softcap).view(batch.labels.shape)
+        return ModelOutputs(token_logprobs, hidden, None)
+
+    return forward
+
+
+def preference_examples(records: list[ParallelRecord], encoder: ChatEncoder, languages: list[str],
+                        dominant_language: str) -> list[PreferenceExample]:
+    """One example per (record, language) with a complete chosen/rejected pair; prompt-only records give none."""
+    return build_examples(records, encoder, dominant_language=dominant_language, languages=languages, with_anchor=False)
+
+
+def model_reward_gaps(model: PreTrainedModel, examples: list[PreferenceExample], pad_token_id: int, *, batch_size: int,
+                      device: torch.device, rank: int = 0, world_size: int = 1) -> dict[str, float]:
+    """Mean A(chosen) - A(rejected) per language over `examples` (A = mean response-token log-prob); same on all ranks."""
+    if not examples:
+        return {}
+    return reward_gaps(logprob_forward(model), examples, PreferenceCollator(pad_token_id), rank=rank, world_size=world_size,
+                       batch_size=batch_size, device=device)

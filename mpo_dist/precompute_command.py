@@ -1,0 +1,123 @@
+"""`mpo-dist precompute-ref`: one pass of the frozen reference over the training examples, written as a sharded cache.
+
+Run it under torchrun / srun exactly like `train`, with the same config and overrides. The reference is the same ZeRO-3
+engine with CPU-offloaded parameters that online training would build; every rank takes every world_size-th example and
+writes its own shard, rank 0 writes the index last. Training with `engine.reference: cache` then builds no reference
+engine at all (see mpo_dist.engine.reference_cache).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mpo_dist.config import Config
+
+log = logging.getLogger("mpo_dist")
+PROGRESS_EVERY = 50  # micro-batches between progress lines
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "precompute-ref", help="compute the reference model's loss terms once into a cache (run under torchrun or srun)",
+        description="Run the frozen reference once over the training examples and write the terms the loss reads (MPO: "
+                    "dominant-language sums, token counts and pooled hidden states; DPO family: the training pair's "
+                    "sums and counts). Then train with --set engine.reference=cache --set engine.reference_cache=DIR.")
+    parser.add_argument("--config", type=Path, help="the training YAML config")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, as for train")
+    parser.add_argument("--out", type=Path, help="cache directory (default: engine.reference_cache of the config)")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mpo_dist.config import load_config
+
+    overrides = list(args.set or []) + ["engine.reference=cache"]
+    if args.out is not None:
+        overrides.append(f"engine.reference_cache={args.out}")
+    config = load_config(args.config, overrides)  # validates the settings a cache supports, before any process group
+    precompute_reference(config, Path(config.engine.reference_cache))
+    return 0
+
+
+def precompute_reference(config: Config, out_dir: Path) -> None:
+    """Collective: every rank of the job calls it. The number of forwards is equal on all ranks (ZeRO-3 gathers each
+    layer's parameters collectively), so a rank that runs out of examples repeats one and drops the result."""
+    import torch.distributed as dist
+    from transformers import AutoConfig, AutoTokenizer
+
+    from mpo_dist.config import ConfigError
+    from mpo_dist.data.collate import PreferenceCollator
+    from mpo_dist.data.examples import build_examples
+    from mpo_dist.data.loading import load_all
+    from mpo_dist.data.tokenize import ChatEncoder
+    from mpo_dist.engine.ds_config import render_reference_config
+    from mpo_dist.engine.engines import ReferenceEngine, barrier, build_alignment_model, init_distributed
+    from mpo_dist.engine.reference_cache import (cached_term_names, prepare_directory, reference_fingerprint, term_tensors,
+                                                 write_index, write_shard)
+    from mpo_dist.engine.zero3_loading import DTYPES
+    from mpo_dist.losses import build_loss
+    from mpo_dist.train.logger import setup_console_logging
+    from mpo_dist.train.step import ReferencePlan, reference_terms
+    from mpo_dist.train.trainer import resolve_dtype
+
+    loss = build_loss(config.loss.name, config.loss.options())
+    if not (loss.needs_reference or loss.needs_anchor):
+        raise ConfigError(f"loss.name: {config.loss.name!r} with these options reads no reference terms; nothing to "
+                          "precompute (train with engine.reference=none)")
+    ctx = init_distributed()
+    setup_console_logging(ctx.rank)
+    data = config.data
+    tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    encoder = ChatEncoder(tokenizer, data.max_length, data.max_prompt_length, data.system_prompt)
+    records = load_all(data.train_files, data.dominant_language, data.skip_bad_rows)
+    examples = build_examples(records, encoder, dominant_language=data.dominant_language, languages=data.languages,
+                              with_anchor=loss.needs_anchor)
+    if not examples:
+        raise ValueError("no training examples in data.train_files for data.languages; nothing to precompute")
+
+    dtype_name = resolve_dtype(config.model.dtype, ctx.on_gpu)
+    hidden_size = AutoConfig.from_pretrained(config.model.path).hidden_size
+    ds_config = render_reference_config(config, world_size=ctx.world_size, dtype=dtype_name, hidden_size=hidden_size,
+                                        on_gpu=ctx.on_gpu)
+    model = build_alignment_model(config.model.path, ds_config, DTYPES[dtype_name],
+                                  attn_implementation=config.model.attn_implementation,
+                                  logprob_backend=config.model.logprob_backend,
+                                  logprob_chunk_size=config.model.logprob_chunk_size)
+    reference = ReferenceEngine(model, ds_config)
+    fingerprint = reference_fingerprint(config, dtype_name)
+    if ctx.is_main:
+        prepare_directory(out_dir)
+    barrier()
+
+    pooling = getattr(config.loss.options(), "pooling", "masked")
+    collator = PreferenceCollator(tokenizer.pad_token_id, packing=data.packing)
+    batch_size = config.train.micro_batch_size
+    mine = examples[ctx.rank::ctx.world_size]
+    num_batches = math.ceil(math.ceil(len(examples) / ctx.world_size) / batch_size)
+    log.info("precompute-ref: %d examples, %d micro-batches of %d per rank, world size %d, dtype %s, writing %s",
+             len(examples), num_batches, batch_size, ctx.world_size, dtype_name, out_dir)
+    computed, example_ids = [], []
+    for index in range(num_batches):
+        chunk = mine[index * batch_size : (index + 1) * batch_size]
+        batch = collator(chunk or examples[:1]).to(ctx.device)
+        plan = ReferencePlan.for_loss(loss, batch)
+        terms = reference_terms(reference.forward(batch, plan.rows), plan, batch, loss, pooling)
+        if chunk:
+            computed.append(term_tensors(terms))
+            example_ids += batch.example_ids
+        if (index + 1) % PROGRESS_EVERY == 0:
+            log.info("precompute-ref: %d / %d micro-batches", index + 1, num_batches)
+
+    shard = write_shard(out_dir, ctx.rank, ctx.world_size, computed)
+    shards: list[tuple[str | None, list[str]]] = [(None, [])] * ctx.world_size
+    dist.all_gather_object(shards, (shard, example_ids))
+    if ctx.is_main:
+        write_index(out_dir, fingerprint, cached_term_names(loss), [(f, ids) for f, ids in shards if f is not None])
+        log.info("precompute-ref: wrote %d examples (%s) to %s", len(examples), ", ".join(cached_term_names(loss)), out_dir)
+    barrier()

@@ -1,0 +1,92 @@
+"""Resume at another world size: a 2-rank checkpoint -> `mpo-dist convert-universal` -> 1 rank with gradient accumulation 2
+(the same global batch of 4) continues the uninterrupted 2-rank run: same samples, same learning rates, same losses.
+
+Tolerance: the 2-rank run averages the two ranks' gradients with an all-reduce, the 1-rank run sums two micro-batches
+in its accumulation buffer; the fp32 additions happen in a different order, so the weights after each step differ by
+rounding (~1e-7 relative per operation) and the next losses by a few 1e-6 relative; 1e-4 leaves room for that and still
+fails on any real error (a lost optimizer state or a skipped batch changes the loss by far more).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mpo_dist.cli import main as cli_main
+
+from conftest import REPO_ROOT, read_jsonl, train_cli
+
+pytestmark = pytest.mark.multiprocess
+
+STEPS, SAVED_STEP = 6, 3
+
+
+def base_overrides(model: Path) -> list[str]:
+    return [
+        f"model.path={model}", f"train.max_steps={STEPS}", "train.micro_batch_size=2", "optim.lr=5e-3",
+        f"checkpoint.every_steps={SAVED_STEP}", "checkpoint.keep_last=5", "data.languages=[sw]", "data.max_length=96",
+        "data.max_prompt_length=48", "data.eval_files=[]", "loss.name=mpo", "logging.progress_bar=false",
+        "logging.tensorboard=false",
+    ]
+
+
+def per_step(run: Path, file_name: str, key: str) -> dict[int, object]:
+    return {row["step"]: row[key] for row in read_jsonl(run / file_name) if key in row}
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted 2-rank run (it saves step SAVED_STEP on the way); Qwen2 ties its embeddings, so the shared
+    weight must survive the conversion too."""
+    run = tmp_path_factory.mktemp("universal") / "full"
+    train_cli(2, base_overrides(tiny_models["qwen2"]) + [f"train.output_dir={run}"], REPO_ROOT)
+    return run
+
+
+def test_two_ranks_to_universal_to_one_rank_continues_the_run(full_run: Path, tiny_models: dict[str, Path], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    full, resumed, universal = full_run, tmp_path / "resumed", tmp_path / "universal"
+    checkpoint = full / "checkpoints" / f"step_{SAVED_STEP:08d}"
+
+    assert cli_main(["convert-universal", str(checkpoint), str(universal), "--workers", "1"]) == 0
+    converted = universal / checkpoint.name
+    assert (converted / "COMPLETE").is_file() and (converted / "zero" / "optimizer_state.pt").is_file()
+    assert (universal / "latest_universal").read_text().strip() == checkpoint.name
+    assert not list(universal.glob(".*partial*"))
+
+    one_rank = base_overrides(tiny_models["qwen2"]) + ["train.gradient_accumulation=2"]  # global batch 1 x 2 x 2 = 2 x 2
+    result = train_cli(1, one_rank + [f"train.output_dir={resumed}", f"checkpoint.resume={converted}"], REPO_ROOT)
+    assert f"resumed from {converted} at step {SAVED_STEP}" in result.stdout + result.stderr
+
+    later = list(range(SAVED_STEP + 1, STEPS + 1))
+    full_losses, resumed_losses = per_step(full, "metrics.jsonl", "train/loss"), per_step(resumed, "metrics.jsonl", "train/loss")
+    assert sorted(resumed_losses) == later
+    for step in later:
+        assert resumed_losses[step] == pytest.approx(full_losses[step], rel=1e-4), step
+    full_lr, resumed_lr = per_step(full, "metrics.jsonl", "train/lr"), per_step(resumed, "metrics.jsonl", "train/lr")
+    assert [resumed_lr[s] for s in later] == pytest.approx([full_lr[s] for s in later], rel=1e-9)
+    full_ids, resumed_ids = per_step(full, "samples.jsonl", "ids"), per_step(resumed, "samples.jsonl", "ids")
+    assert [resumed_ids[s] for s in later] == [full_ids[s] for s in later]
+
+    # the converter refuses what it cannot convert, with a reason
+    assert cli_main(["convert-universal", str(checkpoint), str(universal)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    incomplete = tmp_path / "incomplete" / checkpoint.name
+    shutil.copytree(checkpoint, incomplete)
+    (incomplete / "COMPLETE").unlink()
+    assert cli_main(["convert-universal", str(incomplete), str(tmp_path / "out")]) == 2
+    assert "no COMPLETE marker" in capsys.readouterr().err
+    assert not (tmp_path / "out" / checkpoint.name).exists()
+
+
+def test_resuming_sharded_checkpoint_at_other_world_size_says_convert(full_run: Path, tiny_models: dict[str, Path],
+                                                                     tmp_path: Path) -> None:
+    """The plain ZeRO-3 shards fit only the world size that wrote them; the error names the fix."""
+    checkpoint = full_run / "checkpoints" / f"step_{SAVED_STEP:08d}"
+    one_rank = base_overrides(tiny_models["qwen2"]) + ["train.gradient_accumulation=2"]
+    result = train_cli(1, one_rank + [f"train.output_dir={tmp_path}", f"checkpoint.resume={checkpoint}"], REPO_ROOT, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"checkpoint {checkpoint} was written by 2 ranks and this run has 1" in output
+    assert f"mpo-dist convert-universal {checkpoint}" in output

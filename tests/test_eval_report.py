@@ -1,0 +1,142 @@
+"""`mpo-dist eval` end to end in one process (a Llama model against a Gemma-2 reference, so the soft-capped head is
+covered): every report file exists, the reward gaps equal a plain float64 log-softmax computation, the safety numbers
+equal counts over generations.jsonl, report.md shows those numbers, the PNGs have the promised size, TensorBoard holds
+the scalars; and a report built from a training run's eval.jsonl or TensorBoard scalars alone."""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from mpo_dist.data.loading import resolve_path
+from mpo_dist.eval.report import PLOT_DPI, PLOT_SIZE_INCHES, load_run_history, write_run_report
+
+from conftest import read_jsonl
+
+LANGUAGES = ["en", "ko", "sw"]
+PNG_SHAPE = (round(PLOT_SIZE_INCHES[1] * PLOT_DPI), round(PLOT_SIZE_INCHES[0] * PLOT_DPI))
+RUN_HISTORY = [{"step": 0, "reward_gap": {"en": 0.5, "ko": -0.25, "sw": 0.125}},
+               {"step": 10, "reward_gap": {"en": 0.5, "ko": 0.0, "sw": 0.25}},
+               {"step": 20, "reward_gap": {"en": 0.5, "ko": 0.375, "sw": 0.5}}]
+
+
+def float64_reward_gaps(model_dir: Path) -> dict[str, float]:
+    """Mean over held-out pairs of A(chosen) - A(rejected), from the model's full logits in float64."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64).eval()
+
+    def mean_logprob(prompt: str, response: str) -> float:
+        messages = [{"role": "user", "content": prompt}]
+        prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        full_text = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        ids = prompt_ids + tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0], dim=-1)
+        targets = torch.tensor(ids[len(prompt_ids):])
+        return logprobs[len(prompt_ids) - 1:-1].gather(1, targets[:, None]).mean().item()
+
+    gaps: dict[str, list[float]] = {lang: [] for lang in LANGUAGES}
+    for line in resolve_path("sample:heldout").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        for lang in LANGUAGES:
+            prompt = record["prompt"][lang]
+            gaps[lang].append(mean_logprob(prompt, record["chosen"][lang]) - mean_logprob(prompt, record["rejected"][lang]))
+    return {lang: sum(values) / len(values) for lang, values in gaps.items()}
+
+
+def markdown_table(text: str) -> dict[str, dict[str, str]]:
+    """The per-language table of report.md as {row name: {column: cell}}."""
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+    return {row[0]: dict(zip(header, row)) for row in rows}
+
+
+def test_eval_report_numbers_files_and_plots(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    from matplotlib.image import imread
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mpo_dist.cli import main
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "eval.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in RUN_HISTORY))
+    out = tmp_path / "report"
+    exit_code = main(["eval", "--model", str(tiny_models["llama"]), "--reference", str(tiny_models["gemma2"]),
+                      "--data", "sample:heldout", "--languages", ",".join(LANGUAGES), "--max-new-tokens", "5",
+                      "--batch-size", "6", "--run-dir", str(run_dir), "--out", str(out)])
+    assert exit_code == 0
+    for name in ("report.md", "report.html", "metrics.json", "generations.jsonl", "reward_gap_by_language.png",
+                 "safety_by_language.png", "reward_gap_curves.png"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    generations = read_jsonl(out / "generations.jsonl")
+    table = markdown_table((out / "report.md").read_text())
+    assert list(table) == LANGUAGES + ["mean", "variance"]
+    for role, model_dir in (("model", tiny_models["llama"]), ("reference", tiny_models["gemma2"])):
+        result = metrics["results"][role]
+        expected_gaps = float64_reward_gaps(model_dir)
+        expected_safety = {}
+        for lang in LANGUAGES:
+            verdicts = [row["is_safe"] for row in generations if row["role"] == role and row["language"] == lang]
+            assert len(verdicts) == 12
+            expected_safety[lang] = sum(verdicts) / len(verdicts)
+            values = result["per_language"][lang]
+            assert values["reward_gap"] == pytest.approx(expected_gaps[lang], abs=2e-5)
+            assert values["safety_rate"] == expected_safety[lang] and values["asr"] == pytest.approx(1 - expected_safety[lang])
+            assert float(table[lang][f"reward gap ({role})"]) == pytest.approx(expected_gaps[lang], abs=6e-5)
+            assert float(table[lang][f"safety rate ({role})"]) == pytest.approx(expected_safety[lang], abs=5e-5)
+            assert float(table[lang][f"ASR ({role})"]) == pytest.approx(1 - expected_safety[lang], abs=5e-5)
+            assert table[lang]["pairs"] == table[lang]["prompts"] == "12"
+        gaps = [expected_gaps[lang] for lang in LANGUAGES]
+        rates = [expected_safety[lang] for lang in LANGUAGES]
+        assert result["mean"]["reward_gap"] == pytest.approx(statistics.fmean(gaps), abs=2e-5)
+        assert result["variance"]["reward_gap"] == pytest.approx(statistics.pvariance(gaps), abs=2e-5)
+        assert result["mean"]["safety_rate"] == pytest.approx(statistics.fmean(rates))
+        assert result["variance"]["asr"] == pytest.approx(statistics.pvariance([1 - r for r in rates]))
+        assert float(table["mean"][f"reward gap ({role})"]) == pytest.approx(statistics.fmean(gaps), abs=6e-5)
+        assert float(table["variance"][f"safety rate ({role})"]) == pytest.approx(statistics.pvariance(rates), abs=5e-5)
+    assert metrics["run_history"] == RUN_HISTORY
+    for png in out.glob("*.png"):
+        assert imread(png).shape[:2] == PNG_SHAPE, png
+    html = (out / "report.html").read_text()
+    assert "<table>" in html and 'src="safety_by_language.png"' in html
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    scalar = events.Scalars("eval/model/safety_rate_mean")[0]
+    assert scalar.step == RUN_HISTORY[-1]["step"] and scalar.value == pytest.approx(metrics["results"]["model"]["mean"]["safety_rate"])
+
+
+def test_run_report_from_eval_jsonl_or_tensorboard(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    jsonl_run = tmp_path / "jsonl_run"
+    jsonl_run.mkdir()
+    (jsonl_run / "eval.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in RUN_HISTORY))
+    files = write_run_report(jsonl_run)
+    assert files["markdown"].parent == jsonl_run / "report"
+    metrics = json.loads(files["metrics"].read_text())
+    assert metrics["results"]["reference"]["per_language"]["ko"]["reward_gap"] == -0.25
+    assert metrics["results"]["model"]["per_language"]["ko"]["reward_gap"] == 0.375
+    assert metrics["results"]["model"]["per_language"]["ko"]["safety_rate"] is None
+    table = markdown_table(files["markdown"].read_text())
+    assert table["sw"]["reward gap (step 0)"] == "+0.1250" and table["sw"]["reward gap (step 20)"] == "+0.5000"
+    assert table["variance"]["reward gap (step 20)"] == f"{statistics.pvariance([0.5, 0.375, 0.5]):.4f}"
+    assert "safety rate (step 0)" not in table["en"]  # no generation in a run report
+    assert (jsonl_run / "report" / "reward_gap_curves.png").is_file()
+
+    tensorboard_run = tmp_path / "tensorboard_run"
+    with SummaryWriter(log_dir=str(tensorboard_run / "tensorboard")) as writer:
+        for entry in RUN_HISTORY:
+            for lang, gap in entry["reward_gap"].items():
+                writer.add_scalar(f"eval/reward_gap/{lang}", gap, entry["step"])
+            writer.add_scalar("train/loss", 1.0, entry["step"])
+    assert load_run_history(tensorboard_run) == RUN_HISTORY  # the gaps are exact in float32
+    with pytest.raises(FileNotFoundError, match="no evaluations found"):
+        load_run_history(tmp_path / "empty")
