@@ -53,11 +53,10 @@ def test_model_path_required_and_missing_file(tmp_path: Path) -> None:
 def test_deepspeed_templates_have_every_auto_filled(tmp_path: Path) -> None:
     config = load_config(None, REQUIRED + ["train.micro_batch_size=2", "train.gradient_accumulation=4", "optim.lr=3e-4",
                                            "optim.max_grad_norm=0.5", "optim.warmup_ratio=0.1"])
-    policy = render_policy_config(config, world_size=8, total_steps=100, dtype="bf16", hidden_size=4096, on_gpu=True)
+    policy = render_policy_config(config, world_size=8, dtype="bf16", hidden_size=4096, on_gpu=True)
     assert policy["train_batch_size"] == 2 * 4 * 8 and policy["gradient_clipping"] == 0.5
     assert policy["bf16"]["enabled"] is True and policy["fp16"]["enabled"] is False
     assert policy["optimizer"]["params"]["lr"] == 3e-4
-    assert policy["scheduler"]["params"]["total_num_steps"] == 100 and policy["scheduler"]["params"]["warmup_num_steps"] == 10
     assert policy["zero_optimization"]["reduce_bucket_size"] == 4096 * 4096
     reference = render_reference_config(config, world_size=8, dtype="fp32", hidden_size=64, on_gpu=False)
     assert reference["zero_optimization"]["offload_param"] == {"device": "cpu", "pin_memory": False}
@@ -67,4 +66,4 @@ def test_deepspeed_templates_have_every_auto_filled(tmp_path: Path) -> None:
     broken.write_text('{"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 3, "sub_group_size": "auto"}}')
     config.engine.policy_config = str(broken)
     with pytest.raises(DeepSpeedConfigError, match="zero_optimization.sub_group_size"):
-        render_policy_config(config, world_size=1, total_steps=1, dtype="fp32", hidden_size=8, on_gpu=False)
+        render_policy_config(config, world_size=1, dtype="fp32", hidden_size=8, on_gpu=False)

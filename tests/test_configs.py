@@ -59,7 +59,7 @@ def test_deepspeed_template_renders_without_auto(template: Path, monkeypatch: py
     # world size 1: DeepSpeedConfig checks train_batch_size against the (absent) process group's size
     common = dict(world_size=1, dtype="bf16", hidden_size=8192, on_gpu=True)
     if is_policy:
-        rendered = render_policy_config(config, total_steps=100, **common)
+        rendered = render_policy_config(config, **common)
     else:
         rendered = render_reference_config(config, **common)
     assert _auto_paths(rendered) == []

@@ -17,13 +17,14 @@ from mpo_dist.eval.report import PLOT_DPI, PLOT_SIZE_INCHES, load_run_history, w
 from conftest import read_jsonl
 
 LANGUAGES = ["en", "ko", "sw"]
+RECORDS = 6  # the first held-out records: enough for means and variances, cheap enough for float64 full logits
 PNG_SHAPE = (round(PLOT_SIZE_INCHES[1] * PLOT_DPI), round(PLOT_SIZE_INCHES[0] * PLOT_DPI))
 RUN_HISTORY = [{"step": 0, "reward_gap": {"en": 0.5, "ko": -0.25, "sw": 0.125}},
                {"step": 10, "reward_gap": {"en": 0.5, "ko": 0.0, "sw": 0.25}},
                {"step": 20, "reward_gap": {"en": 0.5, "ko": 0.375, "sw": 0.5}}]
 
 
-def float64_reward_gaps(model_dir: Path) -> dict[str, float]:
+def float64_reward_gaps(model_dir: Path, data: Path) -> dict[str, float]:
     """Mean over held-out pairs of A(chosen) - A(rejected), from the model's full logits in float64."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -42,7 +43,7 @@ def float64_reward_gaps(model_dir: Path) -> dict[str, float]:
         return logprobs[len(prompt_ids) - 1:-1].gather(1, targets[:, None]).mean().item()
 
     gaps: dict[str, list[float]] = {lang: [] for lang in LANGUAGES}
-    for line in resolve_path("sample:heldout").read_text(encoding="utf-8").splitlines():
+    for line in data.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         for lang in LANGUAGES:
             prompt = record["prompt"][lang]
@@ -67,10 +68,12 @@ def test_eval_report_numbers_files_and_plots(tiny_models: dict[str, Path], tmp_p
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "eval.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in RUN_HISTORY))
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("".join(resolve_path("sample:heldout").read_text(encoding="utf-8").splitlines(keepends=True)[:RECORDS]))
     out = tmp_path / "report"
     exit_code = main(["eval", "--model", str(tiny_models["llama"]), "--reference", str(tiny_models["gemma2"]),
-                      "--data", "sample:heldout", "--languages", ",".join(LANGUAGES), "--max-new-tokens", "5",
-                      "--batch-size", "6", "--run-dir", str(run_dir), "--out", str(out)])
+                      "--data", str(data), "--languages", ",".join(LANGUAGES), "--max-new-tokens", "5",
+                      "--batch-size", "4", "--run-dir", str(run_dir), "--out", str(out)])
     assert exit_code == 0
     for name in ("report.md", "report.html", "metrics.json", "generations.jsonl", "reward_gap_by_language.png",
                  "safety_by_language.png", "reward_gap_curves.png"):
@@ -81,11 +84,11 @@ def test_eval_report_numbers_files_and_plots(tiny_models: dict[str, Path], tmp_p
     assert list(table) == LANGUAGES + ["mean", "variance"]
     for role, model_dir in (("model", tiny_models["llama"]), ("reference", tiny_models["gemma2"])):
         result = metrics["results"][role]
-        expected_gaps = float64_reward_gaps(model_dir)
+        expected_gaps = float64_reward_gaps(model_dir, data)
         expected_safety = {}
         for lang in LANGUAGES:
             verdicts = [row["is_safe"] for row in generations if row["role"] == role and row["language"] == lang]
-            assert len(verdicts) == 12
+            assert len(verdicts) == RECORDS
             expected_safety[lang] = sum(verdicts) / len(verdicts)
             values = result["per_language"][lang]
             assert values["reward_gap"] == pytest.approx(expected_gaps[lang], abs=2e-5)
@@ -93,7 +96,7 @@ def test_eval_report_numbers_files_and_plots(tiny_models: dict[str, Path], tmp_p
             assert float(table[lang][f"reward gap ({role})"]) == pytest.approx(expected_gaps[lang], abs=6e-5)
             assert float(table[lang][f"safety rate ({role})"]) == pytest.approx(expected_safety[lang], abs=5e-5)
             assert float(table[lang][f"ASR ({role})"]) == pytest.approx(1 - expected_safety[lang], abs=5e-5)
-            assert table[lang]["pairs"] == table[lang]["prompts"] == "12"
+            assert table[lang]["pairs"] == table[lang]["prompts"] == str(RECORDS)
         gaps = [expected_gaps[lang] for lang in LANGUAGES]
         rates = [expected_safety[lang] for lang in LANGUAGES]
         assert result["mean"]["reward_gap"] == pytest.approx(statistics.fmean(gaps), abs=2e-5)

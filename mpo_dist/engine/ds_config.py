@@ -63,7 +63,7 @@ def _reject_leftover_auto(node: Any, source: str, path: str = "") -> None:
             _reject_leftover_auto(value, source, f"{path}.{key}" if path else key)
 
 
-def render_policy_config(config: Config, *, world_size: int, total_steps: int, dtype: str, hidden_size: int, on_gpu: bool) -> dict:
+def render_policy_config(config: Config, *, world_size: int, dtype: str, hidden_size: int, on_gpu: bool) -> dict:
     rendered = copy.deepcopy(read_template(config.engine.policy_config))
     _fill_common(rendered, config, world_size, dtype, hidden_size, on_gpu)
     _fill(rendered, "gradient_clipping", config.optim.max_grad_norm)
@@ -72,10 +72,11 @@ def render_policy_config(config: Config, *, world_size: int, total_steps: int, d
     _fill(optimizer, "betas", list(config.optim.betas))
     _fill(optimizer, "eps", config.optim.eps)
     _fill(optimizer, "weight_decay", config.optim.weight_decay)
-    scheduler = rendered.get("scheduler", {}).get("params", {})
-    _fill(scheduler, "total_num_steps", max(total_steps, 1))
-    _fill(scheduler, "warmup_num_steps", max(int(round(config.optim.warmup_ratio * total_steps)), 1))
-    _fill(scheduler, "cos_min_ratio", config.optim.min_lr_ratio)
+    if "scheduler" in rendered:
+        raise DeepSpeedConfigError(
+            f"{config.engine.policy_config}: remove the 'scheduler' section; mpo-dist schedules the lr itself "
+            "(optim.warmup_ratio, optim.min_lr_ratio: linear warmup then cosine, see mpo_dist/train/schedule.py)"
+        )
     _reject_leftover_auto(rendered, config.engine.policy_config)
     return rendered
 

@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -104,11 +104,15 @@ def _call_model(engine: Any, batch: Batch, rows: list[int] | None, with_mlc: boo
 class PolicyEngine:
     """ZeRO-3 engine with optimizer + scheduler around an AlignmentModel."""
 
-    def __init__(self, module: AlignmentModel, ds_config: dict):
+    def __init__(self, module: AlignmentModel, ds_config: dict, lr_factor: Callable[[int], float]):
+        """`lr_factor(step)` multiplies the configured lr at 0-based optimiser step `step` (a LambdaLR, saved in checkpoints)."""
         import deepspeed
 
         trainable = [p for p in module.parameters() if p.requires_grad]
-        self.engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=trainable, config=ds_config)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=module, model_parameters=trainable, config=ds_config,
+            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor),
+        )
         self.engine.train()
 
     def forward(self, batch: Batch) -> ModelOutputs:
@@ -131,6 +135,7 @@ class PolicyEngine:
 
     @property
     def lr(self) -> float:
+        """The lr the next optimiser step will use."""
         return float(self.engine.get_lr()[0])
 
     @property

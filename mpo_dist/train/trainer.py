@@ -45,6 +45,7 @@ from mpo_dist.losses.mlc import mlc_applies
 from mpo_dist.train.checkpoint import CheckpointManager, resolve_resume
 from mpo_dist.train.evaluate import reward_gaps
 from mpo_dist.train.logger import METRICS_FILE, RunLogger, memory_gib, setup_console_logging
+from mpo_dist.train.schedule import warmup_cosine
 from mpo_dist.train.preemption import COMPLETED_FILE, EXIT_REQUEUE, STOP_FILE, StopRequest
 from mpo_dist.train.step import ReferencePlan, preference_inputs, reference_terms, total_loss
 
@@ -132,7 +133,7 @@ class Trainer:
         dtype = DTYPES[self.dtype_name]
         common = dict(attn_implementation=config.model.attn_implementation, logprob_backend=config.model.logprob_backend,
                       logprob_chunk_size=config.model.logprob_chunk_size)
-        policy_ds = render_policy_config(config, world_size=self.ctx.world_size, total_steps=self.total_steps,
+        policy_ds = render_policy_config(config, world_size=self.ctx.world_size,
                                          dtype=self.dtype_name, hidden_size=hidden_size, on_gpu=self.ctx.on_gpu)
         # resolved before the engine exists: a universal checkpoint (another world size) needs load_universal in its config
         self.resume_dir = resolve_resume(config.checkpoint.resume, self.output_dir / "checkpoints")
@@ -142,7 +143,8 @@ class Trainer:
             config.model.path, policy_ds, dtype, gradient_checkpointing=config.model.gradient_checkpointing,
             mlc_dim=config.mlc.dim if config.mlc.enabled else 0, mlc_layer=config.mlc.layer, seed=config.train.seed, **common,
         )
-        policy = PolicyEngine(policy_model, policy_ds)
+        lr_factor = warmup_cosine(config.optim.warmup_ratio, self.total_steps, config.optim.min_lr_ratio)
+        policy = PolicyEngine(policy_model, policy_ds, lr_factor)
         if cache is not None:
             return policy, cache
         reference = None
@@ -261,13 +263,14 @@ class Trainer:
         try:
             for step in range(start_step, self.total_steps):
                 started = time.perf_counter()
+                lr = self.policy.lr  # the lr this step's update uses (the scheduler advances after it)
                 loss, metrics, example_ids, tokens = self.optimizer_step(step)
                 done = step + 1
                 result.steps_done, seconds = done, time.perf_counter() - started
                 result.losses.append(loss)
                 self._log_samples(done, example_ids)
                 if done % config.train.log_every == 0 or done == self.total_steps:
-                    logger.scalars(done, metrics | {"lr": self.policy.lr, "grad_norm": self.policy.grad_norm,
+                    logger.scalars(done, metrics | {"lr": lr, "grad_norm": self.policy.grad_norm,
                                                     "tokens_per_s": tokens / seconds, "memory_gib": memory_gib(self.ctx.device)},
                                    prefix="train/")
                 logger.advance(metrics["loss"])
