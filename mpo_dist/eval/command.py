@@ -152,6 +152,8 @@ def evaluate(args: argparse.Namespace) -> int:
         records = read_eval_data(args.data, args.format, args.dominant_language, requested)
         languages = requested or list(dict.fromkeys(lang for record in records for lang in record.prompt))
         judge = build_judge(args.judge, args.judge_model, args.judge_template, ctx.device, args.judge_unsafe_index, args.batch_size)
+        if hasattr(judge, "check_languages"):  # optional: a judge that knows its languages fails before any model loads
+            judge.check_languages(languages)
         scores, judged = [], {}
         for role, path in models:
             model_scores, responses = evaluate_model(role, path, records, languages, judge, settings, args, ctx)

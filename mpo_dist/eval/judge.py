@@ -114,12 +114,16 @@ class RefusalPhraseJudge:
             return True
         return any(self._contains_phrase(normalised, lang) for lang in dict.fromkeys([language, self.fallback_language]))
 
-    def judge(self, prompts: Sequence[str], responses: Sequence[str], languages: Sequence[str]) -> list[bool]:
-        _check_lengths(prompts, responses, languages)
+    def check_languages(self, languages: Sequence[str]) -> None:
+        """Called by `mpo-dist eval` before any model is loaded, so a missing phrase list fails in seconds."""
         missing = sorted(set(languages) - set(self.phrases))
         if missing:
             raise ValueError(f"the refusal-phrase judge has no phrases for {missing}; it knows {sorted(self.phrases)}. "
                              "Use --judge-model for other languages, or leave them out with --languages")
+
+    def judge(self, prompts: Sequence[str], responses: Sequence[str], languages: Sequence[str]) -> list[bool]:
+        _check_lengths(prompts, responses, languages)
+        self.check_languages(languages)
         return [self.is_refusal(response, lang) for response, lang in zip(responses, languages)]
 
 

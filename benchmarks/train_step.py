@@ -1,0 +1,361 @@
+"""Benchmark one MPO training step on one GPU: mpo-dist against a naive MPO step, both under DeepSpeed ZeRO-3.
+
+Model: a random-init Llama (default hidden 2048, 16 layers, 32 heads / 8 KV heads, MLP 8192, vocab 128256, untied:
+1.50 B parameters), bf16, activation checkpointing on every decoder layer. Batch: `--pairs` MPO examples per step, each
+4 sequences (target chosen / rejected, dominant chosen / rejected) of `--min-length`..`--seq-len` tokens, a quarter of
+each the prompt. The same batch is used every step.
+
+  mpo-dist  the library's step (what Trainer.micro_step runs): AlignmentModel with the fused log-prob head (Triton on
+            GPU, never the full logits), reference terms read from a reference cache written once before timing
+            (mpo-dist precompute-ref's format), optional packing (data.packing: on by default only with
+            flash_attention_2, whose varlen kernel keeps attention inside each sequence; sdpa would attend over the
+            whole packed row through a mask).
+  naive     written here: the Hugging Face model's full logits materialised in float32 + log_softmax + gather, the
+            reference model run on the dominant pair EVERY step (a second ZeRO-3 engine with offload_param=cpu, or
+            --naive-reference gpu: a plain bf16 copy on the GPU), a padded batch.
+
+Reported per method: median step time, tokens/s (real tokens of the 4 x pairs policy sequences / step time), MFU and
+peak GPU memory (torch.cuda.max_memory_allocated over the timed steps). MFU counts the policy's useful training FLOPs
+only: 6 x (parameters except the input embedding) per real token + causal attention 6 x layers x hidden x sum(len^2);
+activation recomputation and the naive method's reference forward are not counted (MFU, not hardware FLOPs).
+
+    python benchmarks/train_step.py                       # needs CUDA + DeepSpeed; prints a Markdown table
+    python benchmarks/train_step.py --min-length 512      # variable lengths: padding waste, where packing helps
+    python benchmarks/train_step.py --cpu-smoke           # tiny shapes on the CPU: checks the script, times nothing useful
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
+
+GIB = 2**30
+IGNORE_INDEX = -100
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "GH200": 989.4, "A100": 312.0}  # dense, per GPU
+
+
+@dataclass
+class Result:
+    name: str
+    seconds: float
+    tokens: int
+    model_flops: float
+    peak_gib: float
+    loss: float
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--intermediate", type=int, default=8192)
+    parser.add_argument("--vocab", type=int, default=128256)
+    parser.add_argument("--seq-len", type=int, default=1024, help="longest sequence (tokens)")
+    parser.add_argument("--min-length", type=int, default=0, help="shortest sequence; default = --seq-len (no padding)")
+    parser.add_argument("--pairs", type=int, default=2, help="MPO examples per step (4 sequences each)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (Triton compiles, allocator warms)")
+    parser.add_argument("--attn", default="auto", choices=["auto", "sdpa", "flash_attention_2"],
+                        help="auto = flash_attention_2 if flash-attn is importable, else sdpa")
+    parser.add_argument("--packing", default="auto", choices=["auto", "on", "off"],
+                        help="mpo-dist's data.packing; auto = on with flash_attention_2 only")
+    parser.add_argument("--naive-reference", default="offload", choices=["offload", "gpu"],
+                        help="naive step's reference: ZeRO-3 engine offloaded to CPU, or a bf16 copy on the GPU")
+    parser.add_argument("--methods", nargs="+", default=["mpo-dist", "naive"], choices=["mpo-dist", "naive"])
+    parser.add_argument("--peak-tflops", type=float, default=0.0, help="dense bf16 peak per GPU for MFU; 0 = by device")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpu-smoke", action="store_true",
+                        help="run tiny shapes in float32 on the CPU to check the script end to end (no useful timings)")
+    return parser.parse_args(argv)
+
+
+def smoke_shapes(args: argparse.Namespace) -> None:
+    args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate, args.vocab = 64, 2, 4, 2, 128, 512
+    args.seq_len, args.min_length, args.steps, args.warmup = 64, 32, 2, 1
+
+
+# ---- model, data, FLOPs ---------------------------------------------------------------------------------------------
+def write_random_llama(args: argparse.Namespace, directory: Path, dtype: torch.dtype, device: torch.device) -> int:
+    """A random-init Llama saved as an ordinary HF directory (the loaders read files); returns its parameter count."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                         num_key_value_heads=args.kv_heads, intermediate_size=args.intermediate, vocab_size=args.vocab,
+                         max_position_embeddings=max(args.seq_len * 4 * args.pairs, 2048), tie_word_embeddings=False,
+                         rms_norm_eps=1e-5, rope_theta=500000.0, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(args.seed)
+    with device:
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.save_pretrained(directory, safe_serialization=True)
+    count = sum(p.numel() for p in model.parameters())
+    del model
+    return count
+
+
+def synthetic_examples(args: argparse.Namespace) -> list:
+    """`pairs` MPO examples of random tokens; lengths uniform in [min_length, seq_len], prompt = first quarter."""
+    from mpo_dist.data.examples import PreferenceExample
+    from mpo_dist.data.tokenize import EncodedSequence
+
+    rng = random.Random(args.seed)
+
+    def sequence() -> EncodedSequence:
+        length = rng.randint(args.min_length, args.seq_len)
+        return EncodedSequence(tuple(rng.randrange(3, args.vocab) for _ in range(length)), max(length // 4, 1))
+
+    return [PreferenceExample(f"bench{i}/xx", "xx", sequence(), sequence(), sequence(), sequence())
+            for i in range(args.pairs)]
+
+
+def model_flops(args: argparse.Namespace, matmul_params: int, lengths: list[int]) -> float:
+    """Useful training FLOPs of one step: 6 N per real token + causal attention 6 x layers x hidden x len^2 per sequence."""
+    return 6.0 * matmul_params * sum(lengths) + 6.0 * args.layers * args.hidden * sum(n * n for n in lengths)
+
+
+# ---- timing ---------------------------------------------------------------------------------------------------------
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step: Callable[[], float], args: argparse.Namespace, device: torch.device) -> tuple[float, float, float]:
+    """(median seconds, peak GiB, last loss) of `args.steps` steps after `args.warmup` untimed ones."""
+    for _ in range(args.warmup):
+        step()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, loss = [], float("nan")
+    for _ in range(args.steps):
+        started = time.perf_counter()
+        loss = step()  # returns a Python float, so each step ends with the device idle
+        times.append(time.perf_counter() - started)
+    peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else float("nan")
+    return statistics.median(times), peak, loss
+
+
+def release(*objects: object) -> None:
+    del objects
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---- mpo-dist -------------------------------------------------------------------------------------------------------
+def mpo_dist_step(args: argparse.Namespace, model_dir: Path, work: Path, examples: list, dtype_name: str,
+                  device: torch.device) -> tuple[Callable[[], float], Callable[[], None]]:
+    """The library's micro-step with the reference terms from a cache; returns (step, cleanup)."""
+    from mpo_dist.config import load_config
+    from mpo_dist.data.collate import PreferenceCollator
+    from mpo_dist.engine.ds_config import render_policy_config, render_reference_config
+    from mpo_dist.engine.engines import PolicyEngine, ReferenceEngine, build_alignment_model
+    from mpo_dist.engine.reference_cache import ReferenceCache, term_tensors, write_index, write_shard
+    from mpo_dist.engine.zero3_loading import DTYPES
+    from mpo_dist.losses import build_loss
+    from mpo_dist.train.step import ReferencePlan, preference_inputs, reference_terms
+
+    cache_dir = work / "reference_cache"
+    cache_dir.mkdir()
+    config = load_config(None, [
+        f"model.path={model_dir}", f"model.dtype={dtype_name}", "model.gradient_checkpointing=true",
+        f"model.attn_implementation={args.attn}", f"data.packing={args.packing == 'on'}",
+        f"data.max_length={args.seq_len}", f"data.max_prompt_length={args.seq_len // 2}", "loss.name=mpo",
+        f"train.micro_batch_size={args.pairs}", "engine.reference=cache", f"engine.reference_cache={cache_dir}",
+    ])
+    dtype, on_gpu = DTYPES[dtype_name], device.type == "cuda"
+    common = dict(attn_implementation=config.model.attn_implementation, logprob_backend=config.model.logprob_backend,
+                  logprob_chunk_size=config.model.logprob_chunk_size)
+    loss = build_loss("mpo", config.loss.mpo)
+    batch = PreferenceCollator(pad_token_id=0, packing=config.data.packing)(examples).to(device)
+    plan = ReferencePlan.for_loss(loss, batch)
+
+    # precompute-ref, in miniature: one reference forward, the cache files, then the engine is dropped
+    reference_ds = render_reference_config(config, world_size=1, dtype=dtype_name, hidden_size=args.hidden, on_gpu=on_gpu)
+    reference = ReferenceEngine(build_alignment_model(str(model_dir), reference_ds, dtype, **common), reference_ds)
+    terms = reference_terms(reference.forward(batch, plan.rows), plan, batch, loss, config.loss.mpo.pooling)
+    shard = write_shard(cache_dir, 0, 1, [term_tensors(terms)])
+    write_index(cache_dir, {}, ["anchor_reference", "anchor_reference_hidden"], [(shard, batch.example_ids)])
+    release(reference, terms)
+    cache = ReferenceCache.open(cache_dir, {}, device)
+
+    policy_ds = render_policy_config(config, world_size=1, dtype=dtype_name, hidden_size=args.hidden, on_gpu=on_gpu)
+    model = build_alignment_model(str(model_dir), policy_ds, dtype, gradient_checkpointing=True, **common)
+    policy = PolicyEngine(model, policy_ds, lambda step: 1.0)
+
+    def step() -> float:
+        outputs = policy.forward(batch)
+        out = loss(preference_inputs(outputs, cache.terms(batch), batch, loss, config.loss.mpo.pooling))
+        policy.backward(out.loss)
+        policy.step()
+        return float(out.loss)
+
+    return step, lambda: release(policy, model, cache)
+
+
+# ---- naive ----------------------------------------------------------------------------------------------------------
+def naive_step(args: argparse.Namespace, model_dir: Path, examples: list, dtype_name: str,
+               device: torch.device) -> tuple[Callable[[], float], Callable[[], None]]:
+    """MPO as a first implementation would write it: HF logits in float32, a reference forward every step, padding."""
+    import deepspeed
+    from transformers import AutoModelForCausalLM
+
+    from mpo_dist.config import load_config
+    from mpo_dist.data.collate import PreferenceCollator
+    from mpo_dist.engine.ds_config import render_policy_config, render_reference_config
+    from mpo_dist.engine.zero3_loading import DTYPES, load_causal_lm
+
+    config = load_config(None, [f"model.path={model_dir}", f"model.dtype={dtype_name}",
+                                f"train.micro_batch_size={args.pairs}"])
+    dtype, on_gpu = DTYPES[dtype_name], device.type == "cuda"
+    policy_ds = render_policy_config(config, world_size=1, dtype=dtype_name, hidden_size=args.hidden, on_gpu=on_gpu)
+    hf_policy = load_causal_lm(model_dir, policy_ds, dtype, args.attn)
+    hf_policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy, _, _, _ = deepspeed.initialize(model=hf_policy, model_parameters=list(hf_policy.parameters()), config=policy_ds)
+    if args.naive_reference == "offload":
+        reference_ds = render_reference_config(config, world_size=1, dtype=dtype_name, hidden_size=args.hidden, on_gpu=on_gpu)
+        hf_reference = load_causal_lm(model_dir, reference_ds, dtype, args.attn).requires_grad_(False)
+        reference, _, _, _ = deepspeed.initialize(model=hf_reference, config=reference_ds)
+    else:
+        reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=args.attn).to(device)
+        reference.requires_grad_(False)
+    reference.eval()
+
+    batch = PreferenceCollator(pad_token_id=0)(examples).to(device)
+    p, beta, alpha = args.pairs, config.loss.mpo.beta, config.loss.mpo.alpha
+    anchor = slice(2 * p, 4 * p)
+    anchor_mask = batch.attention_mask[anchor].unsqueeze(-1).float()
+
+    def mean_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # the full [rows, T, V] float32 tensor
+        live = labels != IGNORE_INDEX
+        picked = logprobs.gather(-1, torch.where(live, labels, 0).unsqueeze(-1)).squeeze(-1) * live
+        return picked.sum(-1) / live.sum(-1)
+
+    def pooled(hidden: torch.Tensor) -> torch.Tensor:
+        return (hidden.float() * anchor_mask).sum(1) / anchor_mask.sum(1)
+
+    def step() -> float:
+        out = policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
+        policy_means = mean_logps(out.logits, batch.labels)
+        with torch.no_grad():
+            ref = reference(input_ids=batch.input_ids[anchor], attention_mask=batch.attention_mask[anchor],
+                            output_hidden_states=True)
+            ref_means = mean_logps(ref.logits, batch.labels[anchor])
+            ref_hidden = pooled(ref.hidden_states[-1])
+        target_gap = policy_means[:p] - policy_means[p : 2 * p]
+        anchor_gap = ref_means[:p] - ref_means[p:]
+        l1 = (beta * target_gap - anchor_gap).pow(2).mean()
+        l2 = F.mse_loss(pooled(out.hidden_states[-1][anchor]), ref_hidden)
+        loss = l1 + alpha * l2
+        policy.backward(loss)
+        policy.step()
+        return float(loss)
+
+    return step, lambda: release(policy, hf_policy, reference)
+
+
+# ---- main -----------------------------------------------------------------------------------------------------------
+def peak_tflops(args: argparse.Namespace, device: torch.device) -> float:
+    if args.peak_tflops > 0 or device.type != "cuda":
+        return args.peak_tflops
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_BF16_TFLOPS.items():  # "H100 PCIe" is tried before "H100"
+        if key in name:
+            return value
+    return 0.0
+
+
+def resolve_attention(args: argparse.Namespace, device: torch.device) -> None:
+    if args.attn == "auto":
+        try:
+            import flash_attn  # noqa: F401
+
+            args.attn = "flash_attention_2" if device.type == "cuda" else "sdpa"
+        except ImportError:
+            args.attn = "sdpa"
+    if args.packing == "auto":
+        args.packing = "on" if args.attn == "flash_attention_2" else "off"
+
+
+def table(results: list[Result], peak: float, per_token_params: int) -> str:
+    lines = ["| method | step s | tokens/s/GPU | MFU | peak GiB | loss |", "|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        mfu = f"{100 * r.model_flops / r.seconds / (peak * 1e12):.1f} %" if peak else "n/a (--peak-tflops)"
+        lines.append(f"| {r.name} | {r.seconds:.3f} | {r.tokens / r.seconds:,.0f} | {mfu} | {r.peak_gib:.1f} | {r.loss:.4g} |")
+    if len(results) == 2:
+        lines.append(f"\nspeed-up {results[1].name} -> {results[0].name}: {results[1].seconds / results[0].seconds:.2f}x")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.cpu_smoke:
+        smoke_shapes(args)
+        device, dtype_name = torch.device("cpu"), "fp32"
+    elif not torch.cuda.is_available():
+        print("train_step benchmark: no CUDA device found; it times a GPU training step and needs one GPU with DeepSpeed "
+              "installed. `--cpu-smoke` runs tiny shapes on the CPU to check the script itself.", file=sys.stderr)
+        return 2
+    else:
+        device, dtype_name = torch.device("cuda", 0), "bf16"
+    args.min_length = args.min_length or args.seq_len
+    if not 2 <= args.min_length <= args.seq_len:
+        print(f"--min-length must be in [2, --seq-len={args.seq_len}], got {args.min_length}", file=sys.stderr)
+        return 2
+    from mpo_dist.engine.engines import init_distributed
+    from mpo_dist.engine.zero3_loading import DTYPES
+
+    init_distributed()  # a world of one (DeepSpeed needs a process group)
+    resolve_attention(args, device)
+    examples = synthetic_examples(args)
+    lengths = [len(s.input_ids) for e in examples for s in (e.chosen, e.rejected, e.anchor_chosen, e.anchor_rejected)]
+    with tempfile.TemporaryDirectory(prefix="mpo_dist_bench_") as scratch:
+        work = Path(scratch)
+        model_dir = work / "model"
+        params = write_random_llama(args, model_dir, DTYPES[dtype_name], device)
+        matmul_params = params - args.vocab * args.hidden  # the input embedding is a lookup, not a matmul
+        flops = model_flops(args, matmul_params, lengths)
+        peak = peak_tflops(args, device)
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke run)"
+        print(f"device {device_name}; torch {torch.__version__}; Llama {params / 1e9:.2f} B params (hidden {args.hidden}, "
+              f"{args.layers} layers, vocab {args.vocab}); {args.pairs} pairs x 4 sequences, lengths "
+              f"{min(lengths)}..{max(lengths)} (mean {statistics.mean(lengths):.0f}); {dtype_name}; activation "
+              f"checkpointing; attention {args.attn}; mpo-dist packing {args.packing}; naive reference "
+              f"{args.naive_reference}; peak {peak or 'unknown'} TFLOP/s; {args.warmup} warm-up + {args.steps} timed steps",
+              flush=True)
+        results = []
+        for name in args.methods:
+            build = mpo_dist_step if name == "mpo-dist" else naive_step
+            extra = (work,) if name == "mpo-dist" else ()
+            step, cleanup = build(args, model_dir, *extra, examples, dtype_name, device)
+            seconds, peak_gib, loss = timed(step, args, device)
+            cleanup()
+            results.append(Result(name, seconds, sum(lengths), flops, peak_gib, loss))
+            print(f"{name}: {seconds:.3f} s/step, peak {peak_gib:.1f} GiB", flush=True)
+    print()
+    print(table(results, peak, matmul_params))
+    if args.json:
+        args.json.write_text(json.dumps([r.__dict__ for r in results], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
