@@ -31,6 +31,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -84,6 +85,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="run tiny shapes in float32 on the CPU to check the script end to end (no useful timings)")
+    # internal: the parent runs each method in a child process with these
+    parser.add_argument("--run-one", choices=["mpo-dist", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--matmul-params", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -152,17 +158,10 @@ def timed(step: Callable[[], float], args: argparse.Namespace, device: torch.dev
     return statistics.median(times), peak, loss
 
 
-def release(*objects: object) -> None:
-    del objects
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 # ---- mpo-dist -------------------------------------------------------------------------------------------------------
-def mpo_dist_step(args: argparse.Namespace, model_dir: Path, work: Path, examples: list, dtype_name: str,
-                  device: torch.device) -> tuple[Callable[[], float], Callable[[], None]]:
-    """The library's micro-step with the reference terms from a cache; returns (step, cleanup)."""
+def mpo_dist_step(args: argparse.Namespace, model_dir: Path, examples: list, dtype_name: str,
+                  device: torch.device) -> Callable[[], float]:
+    """The library's micro-step with the reference terms from a cache."""
     from mpo_dist.config import load_config
     from mpo_dist.data.collate import PreferenceCollator
     from mpo_dist.engine.ds_config import render_policy_config, render_reference_config
@@ -172,8 +171,8 @@ def mpo_dist_step(args: argparse.Namespace, model_dir: Path, work: Path, example
     from mpo_dist.losses import build_loss
     from mpo_dist.train.step import ReferencePlan, preference_inputs, reference_terms
 
-    cache_dir = work / "reference_cache"
-    cache_dir.mkdir()
+    cache_dir = model_dir.parent / "reference_cache"
+    cache_dir.mkdir(exist_ok=True)
     config = load_config(None, [
         f"model.path={model_dir}", f"model.dtype={dtype_name}", "model.gradient_checkpointing=true",
         f"model.attn_implementation={args.attn}", f"data.packing={args.packing == 'on'}",
@@ -193,7 +192,8 @@ def mpo_dist_step(args: argparse.Namespace, model_dir: Path, work: Path, example
     terms = reference_terms(reference.forward(batch, plan.rows), plan, batch, loss, config.loss.mpo.pooling)
     shard = write_shard(cache_dir, 0, 1, [term_tensors(terms)])
     write_index(cache_dir, {}, ["anchor_reference", "anchor_reference_hidden"], [(shard, batch.example_ids)])
-    release(reference, terms)
+    del reference, terms
+    gc.collect()
     cache = ReferenceCache.open(cache_dir, {}, device)
 
     policy_ds = render_policy_config(config, world_size=1, dtype=dtype_name, hidden_size=args.hidden, on_gpu=on_gpu)
@@ -205,14 +205,14 @@ def mpo_dist_step(args: argparse.Namespace, model_dir: Path, work: Path, example
         out = loss(preference_inputs(outputs, cache.terms(batch), batch, loss, config.loss.mpo.pooling))
         policy.backward(out.loss)
         policy.step()
-        return float(out.loss)
+        return float(out.loss.detach())
 
-    return step, lambda: release(policy, model, cache)
+    return step
 
 
 # ---- naive ----------------------------------------------------------------------------------------------------------
 def naive_step(args: argparse.Namespace, model_dir: Path, examples: list, dtype_name: str,
-               device: torch.device) -> tuple[Callable[[], float], Callable[[], None]]:
+               device: torch.device) -> Callable[[], float]:
     """MPO as a first implementation would write it: HF logits in float32, a reference forward every step, padding."""
     import deepspeed
     from transformers import AutoModelForCausalLM
@@ -253,11 +253,12 @@ def naive_step(args: argparse.Namespace, model_dir: Path, examples: list, dtype_
         return (hidden.float() * anchor_mask).sum(1) / anchor_mask.sum(1)
 
     def step() -> float:
-        out = policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
+        out = policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True,
+                     use_cache=False)
         policy_means = mean_logps(out.logits, batch.labels)
         with torch.no_grad():
             ref = reference(input_ids=batch.input_ids[anchor], attention_mask=batch.attention_mask[anchor],
-                            output_hidden_states=True)
+                            output_hidden_states=True, use_cache=False)
             ref_means = mean_logps(ref.logits, batch.labels[anchor])
             ref_hidden = pooled(ref.hidden_states[-1])
         target_gap = policy_means[:p] - policy_means[p : 2 * p]
@@ -267,9 +268,9 @@ def naive_step(args: argparse.Namespace, model_dir: Path, examples: list, dtype_
         loss = l1 + alpha * l2
         policy.backward(loss)
         policy.step()
-        return float(loss)
+        return float(loss.detach())
 
-    return step, lambda: release(policy, hf_policy, reference)
+    return step
 
 
 # ---- main -----------------------------------------------------------------------------------------------------------
@@ -295,17 +296,35 @@ def resolve_attention(args: argparse.Namespace, device: torch.device) -> None:
         args.packing = "on" if args.attn == "flash_attention_2" else "off"
 
 
-def table(results: list[Result], peak: float, per_token_params: int) -> str:
+def table(results: list[Result], peak: float) -> str:
     lines = ["| method | step s | tokens/s/GPU | MFU | peak GiB | loss |", "|---|---:|---:|---:|---:|---:|"]
     for r in results:
         mfu = f"{100 * r.model_flops / r.seconds / (peak * 1e12):.1f} %" if peak else "n/a (--peak-tflops)"
-        lines.append(f"| {r.name} | {r.seconds:.3f} | {r.tokens / r.seconds:,.0f} | {mfu} | {r.peak_gib:.1f} | {r.loss:.4g} |")
+        lines.append(f"| {r.name} | {r.seconds:.3f} | {r.tokens / r.seconds:,.0f} | {mfu} | {r.peak_gib:.1f} | {r.loss:.6g} |")
     if len(results) == 2:
         lines.append(f"\nspeed-up {results[1].name} -> {results[0].name}: {results[1].seconds / results[0].seconds:.2f}x")
     return "\n".join(lines)
 
 
+def run_one(args: argparse.Namespace, device: torch.device, dtype_name: str) -> int:
+    """Child process: build one method's step on the parent's model, time it, write its Result as JSON."""
+    from mpo_dist.engine.engines import init_distributed
+    from mpo_dist.train.logger import setup_console_logging
+
+    setup_console_logging(rank=0)  # also mutes torch's per-collective deprecation warnings
+    init_distributed()  # a world of one (DeepSpeed needs a process group)
+    examples = synthetic_examples(args)
+    lengths = [len(s.input_ids) for e in examples for s in (e.chosen, e.rejected, e.anchor_chosen, e.anchor_rejected)]
+    build = mpo_dist_step if args.run_one == "mpo-dist" else naive_step
+    step = build(args, args.model_dir, examples, dtype_name, device)
+    seconds, peak_gib, loss = timed(step, args, device)
+    flops = model_flops(args, args.matmul_params, lengths)
+    args.result.write_text(json.dumps(Result(args.run_one, seconds, sum(lengths), flops, peak_gib, loss).__dict__))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.cpu_smoke:
         smoke_shapes(args)
@@ -320,20 +339,19 @@ def main(argv: list[str] | None = None) -> int:
     if not 2 <= args.min_length <= args.seq_len:
         print(f"--min-length must be in [2, --seq-len={args.seq_len}], got {args.min_length}", file=sys.stderr)
         return 2
-    from mpo_dist.engine.engines import init_distributed
+    resolve_attention(args, device)
+    if args.run_one:
+        return run_one(args, device, dtype_name)
     from mpo_dist.engine.zero3_loading import DTYPES
 
-    init_distributed()  # a world of one (DeepSpeed needs a process group)
-    resolve_attention(args, device)
-    examples = synthetic_examples(args)
-    lengths = [len(s.input_ids) for e in examples for s in (e.chosen, e.rejected, e.anchor_chosen, e.anchor_rejected)]
+    lengths = [len(s.input_ids) for e in synthetic_examples(args)
+               for s in (e.chosen, e.rejected, e.anchor_chosen, e.anchor_rejected)]
+    peak = peak_tflops(args, device)
     with tempfile.TemporaryDirectory(prefix="mpo_dist_bench_") as scratch:
-        work = Path(scratch)
-        model_dir = work / "model"
+        model_dir = Path(scratch) / "model"
         params = write_random_llama(args, model_dir, DTYPES[dtype_name], device)
-        matmul_params = params - args.vocab * args.hidden  # the input embedding is a lookup, not a matmul
-        flops = model_flops(args, matmul_params, lengths)
-        peak = peak_tflops(args, device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke run)"
         print(f"device {device_name}; torch {torch.__version__}; Llama {params / 1e9:.2f} B params (hidden {args.hidden}, "
               f"{args.layers} layers, vocab {args.vocab}); {args.pairs} pairs x 4 sequences, lengths "
@@ -342,19 +360,21 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.naive_reference}; peak {peak or 'unknown'} TFLOP/s; {args.warmup} warm-up + {args.steps} timed steps",
               flush=True)
         results = []
-        for name in args.methods:
-            build = mpo_dist_step if name == "mpo-dist" else naive_step
-            extra = (work,) if name == "mpo-dist" else ()
-            step, cleanup = build(args, model_dir, *extra, examples, dtype_name, device)
-            seconds, peak_gib, loss = timed(step, args, device)
-            cleanup()
-            results.append(Result(name, seconds, sum(lengths), flops, peak_gib, loss))
-            print(f"{name}: {seconds:.3f} s/step, peak {peak_gib:.1f} GiB", flush=True)
+        for name in args.methods:  # one process each: every method starts from an empty GPU and a fresh DeepSpeed
+            result_file = Path(scratch) / f"{name}.json"
+            child = [sys.executable, __file__, *argv, "--run-one", name, "--model-dir", str(model_dir),
+                     "--matmul-params", str(params - args.vocab * args.hidden), "--result", str(result_file)]
+            completed = subprocess.run(child, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            if completed.returncode != 0:
+                print(f"{name}: failed with exit code {completed.returncode} (its output is above)", file=sys.stderr)
+                continue
+            results.append(Result(**json.loads(result_file.read_text())))
+            print(f"{name}: {results[-1].seconds:.3f} s/step, peak {results[-1].peak_gib:.1f} GiB", flush=True)
     print()
-    print(table(results, peak, matmul_params))
+    print(table(results, peak))
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in results], indent=2))
-    return 0
+    return 0 if len(results) == len(args.methods) else 1
 
 
 if __name__ == "__main__":

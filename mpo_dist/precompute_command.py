@@ -47,7 +47,7 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
     """Collective: every rank of the job calls it. The number of forwards is equal on all ranks (ZeRO-3 gathers each
     layer's parameters collectively), so a rank that runs out of examples repeats one and drops the result."""
     import torch.distributed as dist
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     from mpo_dist.config import ConfigError
     from mpo_dist.data.collate import PreferenceCollator
@@ -59,6 +59,7 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
     from mpo_dist.engine.reference_cache import (cached_term_names, prepare_directory, reference_fingerprint, term_tensors,
                                                  write_index, write_shard)
     from mpo_dist.engine.zero3_loading import DTYPES
+    from mpo_dist.models.tokenizer import load_tokenizer
     from mpo_dist.losses import build_loss
     from mpo_dist.train.logger import setup_console_logging
     from mpo_dist.train.step import ReferencePlan, reference_terms
@@ -71,7 +72,7 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
     ctx = init_distributed()
     setup_console_logging(ctx.rank)
     data = config.data
-    tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
+    tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     encoder = ChatEncoder(tokenizer, data.max_length, data.max_prompt_length, data.system_prompt)

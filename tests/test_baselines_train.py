@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from mpo_dist.models.tokenizer import load_tokenizer
 from mpo_dist.config import DataFile, load_config
 from mpo_dist.data.loading import load_all
 from mpo_dist.data.schema import ParallelRecord
@@ -129,7 +130,7 @@ def test_baseline_steps_match_float64_reference(name: str, tiny_models: dict[str
     samples = {row["step"]: row["ids"] for row in read_jsonl(tmp_path / SAMPLES_FILE)}
     metrics = {row["step"]: row for row in read_jsonl(tmp_path / METRICS_FILE)}
     records = {r.id: r for r in load_all([DataFile("sample:train")], "en")}
-    encoder = ChatEncoder(AutoTokenizer.from_pretrained(model_dir), MAX_LENGTH, MAX_PROMPT_LENGTH)
+    encoder = ChatEncoder(load_tokenizer(model_dir), MAX_LENGTH, MAX_PROMPT_LENGTH)
     initial = float64_model(model_dir)
     moved_weights = checkpoint_weights(tmp_path, LAST_STEP - 1)
     initial_weights = dict(initial.named_parameters())

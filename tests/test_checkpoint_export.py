@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM
 
+from mpo_dist.models.tokenizer import load_tokenizer
 from mpo_dist.cli import main as cli_main
 
 from conftest import REPO_ROOT, train_cli
@@ -45,7 +46,7 @@ def logits_of(model_dir: Path | None, token_ids: torch.Tensor, model: torch.nn.M
 
 
 def sample_ids(model_dir: Path) -> torch.Tensor:
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     return torch.tensor([tokenizer("How do I stay safe when hiking alone in the mountains?")["input_ids"]])
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mpo_dist.models.tokenizer import load_tokenizer
 from mpo_dist.data.loading import resolve_path
 from mpo_dist.eval.report import PLOT_DPI, PLOT_SIZE_INCHES, load_run_history, write_run_report
 
@@ -26,9 +27,9 @@ RUN_HISTORY = [{"step": 0, "reward_gap": {"en": 0.5, "ko": -0.25, "sw": 0.125}},
 
 def float64_reward_gaps(model_dir: Path, data: Path) -> dict[str, float]:
     """Mean over held-out pairs of A(chosen) - A(rejected), from the model's full logits in float64."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64).eval()
 
     def mean_logprob(prompt: str, response: str) -> float:

@@ -17,8 +17,9 @@ from statistics import fmean
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
+from mpo_dist.models.tokenizer import load_tokenizer
 from mpo_dist.config import DataFile, load_config
 from mpo_dist.data.loading import load_all, resolve_path
 from mpo_dist.data.tokenize import ChatEncoder
@@ -62,7 +63,7 @@ def test_mlc_loss_and_every_match_float64(layer: int, packing: bool, tiny_models
 
     (step_ids,) = [row["ids"] for row in read_jsonl(tmp_path / SAMPLES_FILE) if row["step"] == 1]
     records = {r.id: r for r in load_all([DataFile("sample:train")], "en")}
-    encoder = ChatEncoder(AutoTokenizer.from_pretrained(model_dir), 128, 64)
+    encoder = ChatEncoder(load_tokenizer(model_dir), 128, 64)
     model = float64_model(model_dir)
     losses = []
     with torch.no_grad():

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
+from mpo_dist.models.tokenizer import load_tokenizer
 from mpo_dist.config import DataFile, load_config
 from mpo_dist.data.loading import load_all
 from mpo_dist.data.tokenize import ChatEncoder
@@ -38,7 +39,7 @@ def test_first_mpo_step_matches_float64_reference(family: str, tiny_models: dict
 
     (step,) = read_jsonl(tmp_path / SAMPLES_FILE)
     records = {r.id: r for r in load_all([DataFile("sample:train")], "en")}
-    tokenizer = AutoTokenizer.from_pretrained(tiny_models[family])
+    tokenizer = load_tokenizer(tiny_models[family])
     encoder = ChatEncoder(tokenizer, 128, 64)
     model = AutoModelForCausalLM.from_pretrained(tiny_models[family], attn_implementation="eager").double().eval()
     squared = []

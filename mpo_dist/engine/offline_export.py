@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
 
+
+from mpo_dist.models.tokenizer import load_tokenizer
 from mpo_dist.engine.hf_export import MODEL_PREFIX, hf_state_dict, write_hf_directory
 from mpo_dist.train.checkpoint import COMPLETE_MARKER, is_complete
 
@@ -87,6 +88,6 @@ def export_checkpoint(tag_dir: Path, out_dir: Path, dtype: torch.dtype = torch.f
         raise CheckpointError(f"{tag_dir}: parameters {unknown[:5]} are neither {MODEL_PREFIX}* nor {MLC_PREFIX}*; "
                               "not an mpo-dist policy checkpoint")
     mlc = {name[len(MLC_PREFIX):]: tensor for name, tensor in state.items() if name.startswith(MLC_PREFIX)}
-    write_hf_directory(hf_state_dict(state), source, out_dir, AutoTokenizer.from_pretrained(tokenizer_dir), dtype,
+    write_hf_directory(hf_state_dict(state), source, out_dir, load_tokenizer(tokenizer_dir), dtype,
                        max_shard_size=max_shard_size, extra_safetensors={MLC_FILE: mlc} if mlc else None)
     return out_dir

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mpo_dist.models.tokenizer import load_tokenizer
 from mpo_dist.data.schema import DataError, ParallelRecord
 from mpo_dist.eval.readers import FORMATS, read_eval_data
 
@@ -98,7 +99,7 @@ def evaluate_model(role: str, path: Path, records: list[ParallelRecord], languag
                    ctx: EvalContext) -> tuple[ModelScores, list[JudgedResponse] | None]:
     """Reward gaps (all ranks) and judged generations (gathered on rank 0) of one model."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from mpo_dist.data.tokenize import ChatEncoder
     from mpo_dist.eval.generation import PromptItem, generate_and_judge
@@ -106,7 +107,7 @@ def evaluate_model(role: str, path: Path, records: list[ParallelRecord], languag
     from mpo_dist.eval.reward_gaps import model_reward_gaps, preference_examples
 
     ctx.say(f"{role}: loading {path}")
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(args.dtype, ctx.device), local_files_only=True)
     model.to(ctx.device).eval()
     encoder = ChatEncoder(tokenizer, args.max_length, args.max_prompt_length, args.system_prompt)

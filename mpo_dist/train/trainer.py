@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig
 
+from mpo_dist.models.tokenizer import load_tokenizer
 from mpo_dist.config import Config, to_dict
 from mpo_dist.data.collate import Batch, PreferenceCollator
 from mpo_dist.data.examples import PreferenceExample, build_examples
@@ -84,7 +85,7 @@ class Trainer:
 
         self.loss = build_loss(config.loss.name, config.loss.options())
         self.pooling = getattr(config.loss.options(), "pooling", "masked")
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
+        self.tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.train_examples, self.eval_examples = self._build_examples()
