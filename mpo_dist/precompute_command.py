@@ -56,8 +56,8 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
     from mpo_dist.data.tokenize import ChatEncoder
     from mpo_dist.engine.ds_config import render_reference_config
     from mpo_dist.engine.engines import ReferenceEngine, barrier, build_alignment_model, init_distributed
-    from mpo_dist.engine.reference_cache import (cached_term_names, prepare_directory, reference_fingerprint, term_tensors,
-                                                 write_index, write_shard)
+    from mpo_dist.engine.reference_cache import (cached_term_names, prepare_directory, reference_fingerprint,
+                                                 require_unique_ids, term_tensors, write_index, write_shard)
     from mpo_dist.engine.zero3_loading import DTYPES
     from mpo_dist.models.tokenizer import load_tokenizer
     from mpo_dist.losses import build_loss
@@ -81,6 +81,7 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
                               with_anchor=loss.needs_anchor)
     if not examples:
         raise ValueError("no training examples in data.train_files for data.languages; nothing to precompute")
+    require_unique_ids([example.example_id for example in examples])  # before hours of forwards, not after
 
     dtype_name = resolve_dtype(config.model.dtype, ctx.on_gpu)
     hidden_size = AutoConfig.from_pretrained(config.model.path).hidden_size

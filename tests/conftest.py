@@ -8,6 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton kernels are tested on the CPU through Triton's interpreter, which must be switched on before anything (DeepSpeed
+# included) imports triton or decorates a kernel; on a GPU machine the real kernels run.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MULTIPROCESS_TIMEOUT_S = 600

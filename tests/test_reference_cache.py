@@ -44,8 +44,9 @@ def precomputed(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathF
 def test_cached_reference_gives_the_online_losses(precomputed: dict) -> None:
     root, overrides = precomputed["root"], precomputed["overrides"]
     train_cli(2, overrides + [f"train.output_dir={root / 'online'}"], REPO_ROOT)
-    train_cli(2, overrides + [f"train.output_dir={root / 'cached'}", "engine.reference=cache",
-                              f"engine.reference_cache={precomputed['cache']}"], REPO_ROOT)
+    cached_run = train_cli(2, overrides + [f"train.output_dir={root / 'cached'}", "engine.reference=cache",
+                                           f"engine.reference_cache={precomputed['cache']}"], REPO_ROOT)
+    assert "no reference engine" in cached_run.stdout
     online, cached = (read_jsonl(root / run / "metrics.jsonl") for run in ("online", "cached"))
     online, cached = ([row for row in rows if "train/loss" in row] for rows in (online, cached))
     assert [row["step"] for row in online] == [row["step"] for row in cached] == list(range(1, STEPS + 1))
@@ -126,3 +127,38 @@ def test_cache_settings_are_validated() -> None:
     with pytest.raises(ConfigError, match="all_positions"):
         load_config(None, base + ["engine.reference_cache=/tmp/cache", "loss.mpo.pooling=all_positions"])
     load_config(None, base + ["engine.reference_cache=/tmp/cache", "loss.mpo.pooling=all_positions", "loss.mpo.alpha=0"])
+
+
+def _example(index: int):
+    from mpo_dist.data.examples import PreferenceExample
+    from mpo_dist.data.tokenize import EncodedSequence
+
+    def sequence(length: int) -> EncodedSequence:
+        return EncodedSequence(tuple(range(5, 5 + length)), 3)  # 3 prompt tokens: length - 3 response tokens
+
+    return PreferenceExample(f"r{index}/sw", "sw", sequence(8 + index), sequence(5 + 2 * index))
+
+
+def test_terms_come_back_by_example_id_and_token_counts_are_checked(tmp_path: Path) -> None:
+    """DPO-family terms (the training pair) written for r0, r1, r2 and read back for a batch [r2, r0]."""
+    from mpo_dist.data.collate import PreferenceCollator
+    from mpo_dist.engine.reference_cache import term_tensors, write_index, write_shard
+    from mpo_dist.losses.base import SequenceLogps
+    from mpo_dist.train.step import ReferenceTerms
+
+    chosen_tokens, rejected_tokens = [5.0, 6.0, 7.0], [2.0, 4.0, 6.0]  # len - 3 of the sequences above
+    written = ReferenceTerms(reference=SequenceLogps(torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([-4.0, -5.0, -6.0]),
+                                                     torch.tensor(chosen_tokens), torch.tensor(rejected_tokens)))
+    shard = write_shard(tmp_path, 0, 1, [term_tensors(written)])
+    write_index(tmp_path, {"format": 1}, ["reference"], [(shard, ["r0/sw", "r1/sw", "r2/sw"])])
+    cache = ReferenceCache.open(tmp_path, {"format": 1}, torch.device("cpu"))
+    batch = PreferenceCollator(pad_token_id=0)([_example(2), _example(0)])
+    terms = cache.terms(batch)
+    assert terms.anchor_reference is None and terms.anchor_reference_hidden is None
+    assert terms.reference.chosen_sum.tolist() == [-3.0, -1.0] and terms.reference.rejected_sum.tolist() == [-6.0, -4.0]
+    assert terms.reference.chosen_tokens.tolist() == [7.0, 5.0] and terms.reference.rejected_tokens.tolist() == [6.0, 2.0]
+
+    longer = _example(1)
+    longer = type(longer)(longer.example_id, "sw", _example(2).chosen, longer.rejected)  # 7 response tokens, not 6
+    with pytest.raises(StaleReferenceCacheError, match="tokenised differently"):
+        cache.terms(PreferenceCollator(pad_token_id=0)([longer]))

@@ -167,17 +167,21 @@ def write_shard(directory: Path, rank: int, world_size: int, batches: list[dict[
     return name
 
 
+def require_unique_ids(example_ids: list[str]) -> None:
+    seen: set[str] = set()
+    for example_id in example_ids:
+        if example_id in seen:
+            raise ValueError(f"example id {example_id!r} occurs twice in the training data; the reference cache is "
+                             "keyed by example id (<record id>/<language>), so give every record a unique id")
+        seen.add(example_id)
+
+
 def write_index(directory: Path, fingerprint: dict[str, Any], term_names: list[str],
                 shards: list[tuple[str, list[str]]]) -> None:
     """Rank 0, after every shard is on disk: the index makes the cache readable (written to a temp file, renamed)."""
-    owner: dict[str, str] = {}
-    for file, example_ids in shards:
-        for example_id in example_ids:
-            if example_id in owner:
-                raise ValueError(f"example id {example_id!r} occurs twice in the training data; the reference cache is "
-                                 "keyed by example id (<record id>/<language>), so give every record a unique id")
-            owner[example_id] = file
-    index = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "terms": term_names, "num_examples": len(owner),
+    all_ids = [example_id for _, example_ids in shards for example_id in example_ids]
+    require_unique_ids(all_ids)
+    index = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "terms": term_names, "num_examples": len(all_ids),
              "shards": [{"file": file, "example_ids": ids} for file, ids in shards]}
     partial = directory / f"{INDEX_FILE}.partial"
     partial.write_text(json.dumps(index, indent=1))

@@ -130,6 +130,7 @@ class Trainer:
             cache = ReferenceCache.open(config.engine.reference_cache, reference_fingerprint(config, self.dtype_name),
                                         self.ctx.device)
             cache.require_examples(example.example_id for example in self.train_examples)
+            log.info("reference terms from the cache %s: no reference engine", config.engine.reference_cache)
         hidden_size = AutoConfig.from_pretrained(config.model.path).hidden_size
         dtype = DTYPES[self.dtype_name]
         common = dict(attn_implementation=config.model.attn_implementation, logprob_backend=config.model.logprob_backend,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from mpo_dist.config import load_config
-from mpo_dist.train.step import ReferencePlan, preference_inputs
+from mpo_dist.train.step import preference_inputs
 from mpo_dist.train.trainer import Trainer
 
 
@@ -30,7 +30,7 @@ def main() -> None:
     trainer = Trainer(config)
     batch = trainer.collator([trainer.train_examples[i] for i in trainer.sampler.next_batch()])
     outputs = trainer.policy.forward(batch)
-    loss = trainer.loss(preference_inputs(outputs, None, ReferencePlan.for_loss(trainer.loss, batch), batch, trainer.loss, "masked"))
+    loss = trainer.loss(preference_inputs(outputs, None, batch, trainer.loss, "masked"))
     trainer.policy.backward(loss.loss)
     ours = trainer.policy.full_gradients()
 
