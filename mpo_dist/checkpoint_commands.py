@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     export.add_argument("out", type=Path, help="output directory (created atomically)")
     export.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="weight dtype (default bf16)")
     export.add_argument("--model-dir", type=Path,
-                        help="source Hugging Face directory, when the one recorded in the checkpoint (model.path) moved")
+                        help="source Hugging Face directory with its tokenizer, when the recorded model.path / model.tokenizer moved")
     export.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
     export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     export.set_defaults(func=_export)

@@ -51,16 +51,11 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
 
     from mpo_dist.config import ConfigError
     from mpo_dist.data.collate import PreferenceCollator
-    from mpo_dist.data.examples import build_examples
-    from mpo_dist.data.loading import load_all
-    from mpo_dist.data.tokenize import ChatEncoder
-    from mpo_dist.engine.ds_config import render_reference_config
-    from mpo_dist.engine.engines import ReferenceEngine, barrier, build_alignment_model, init_distributed
+    from mpo_dist.engine.engines import barrier, init_distributed
     from mpo_dist.engine.reference_cache import (cached_term_names, prepare_directory, reference_fingerprint,
                                                  require_unique_ids, term_tensors, write_index, write_shard)
-    from mpo_dist.engine.zero3_loading import DTYPES
-    from mpo_dist.models.tokenizer import load_tokenizer
     from mpo_dist.losses import build_loss
+    from mpo_dist.train.build import reference_engine, run_examples, run_tokenizer
     from mpo_dist.train.logger import setup_console_logging
     from mpo_dist.train.step import ReferencePlan, reference_terms
     from mpo_dist.train.trainer import resolve_dtype
@@ -72,26 +67,14 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
     ctx = init_distributed()
     setup_console_logging(ctx.rank)
     data = config.data
-    tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    encoder = ChatEncoder(tokenizer, data.max_length, data.max_prompt_length, data.system_prompt)
-    records = load_all(data.train_files, data.dominant_language, data.skip_bad_rows)
-    examples = build_examples(records, encoder, dominant_language=data.dominant_language, languages=data.languages,
-                              with_anchor=loss.needs_anchor)
-    if not examples:
-        raise ValueError("no training examples in data.train_files for data.languages; nothing to precompute")
+    tokenizer = run_tokenizer(config)
+    examples, _ = run_examples(config, tokenizer, with_anchor=loss.needs_anchor, with_mlc=False)
     require_unique_ids([example.example_id for example in examples])  # before hours of forwards, not after
 
     dtype_name = resolve_dtype(config.model.dtype, ctx.on_gpu)
     hidden_size = AutoConfig.from_pretrained(config.model.path).hidden_size
-    ds_config = render_reference_config(config, world_size=ctx.world_size, dtype=dtype_name, hidden_size=hidden_size,
-                                        on_gpu=ctx.on_gpu)
-    model = build_alignment_model(config.model.path, ds_config, DTYPES[dtype_name],
-                                  attn_implementation=config.model.attn_implementation,
-                                  logprob_backend=config.model.logprob_backend,
-                                  logprob_chunk_size=config.model.logprob_chunk_size)
-    reference = ReferenceEngine(model, ds_config)
+    reference = reference_engine(config, world_size=ctx.world_size, on_gpu=ctx.on_gpu, dtype_name=dtype_name,
+                                 hidden_size=hidden_size)
     fingerprint = reference_fingerprint(config, dtype_name)
     if ctx.is_main:
         prepare_directory(out_dir)

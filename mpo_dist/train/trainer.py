@@ -19,14 +19,10 @@ import torch
 import torch.distributed as dist
 from transformers import AutoConfig
 
-from mpo_dist.models.tokenizer import load_tokenizer
 from mpo_dist.config import Config, to_dict
 from mpo_dist.data.collate import Batch, PreferenceCollator
-from mpo_dist.data.examples import PreferenceExample, build_examples
-from mpo_dist.data.loading import load_all
 from mpo_dist.data.sampler import ResumableDistributedSampler
-from mpo_dist.data.tokenize import ChatEncoder
-from mpo_dist.engine.ds_config import render_policy_config, render_reference_config, with_universal_loading
+from mpo_dist.engine.ds_config import render_policy_config, with_universal_loading
 from mpo_dist.engine.engines import (
     DistributedContext,
     PolicyEngine,
@@ -43,6 +39,7 @@ from mpo_dist.engine.zero3_loading import DTYPES
 from mpo_dist.losses import build_loss
 from mpo_dist.losses.base import LossOutput
 from mpo_dist.losses.mlc import mlc_applies
+from mpo_dist.train.build import model_options, reference_engine, run_examples, run_tokenizer
 from mpo_dist.train.checkpoint import CheckpointManager, resolve_resume
 from mpo_dist.train.evaluate import reward_gaps
 from mpo_dist.train.logger import METRICS_FILE, RunLogger, memory_gib, setup_console_logging
@@ -85,10 +82,9 @@ class Trainer:
 
         self.loss = build_loss(config.loss.name, config.loss.options())
         self.pooling = getattr(config.loss.options(), "pooling", "masked")
-        self.tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.train_examples, self.eval_examples = self._build_examples()
+        self.tokenizer = run_tokenizer(config)
+        self.train_examples, self.eval_examples = run_examples(config, self.tokenizer, with_anchor=self.loss.needs_anchor,
+                                                               with_mlc=config.mlc.enabled)
         self.collator = PreferenceCollator(self.tokenizer.pad_token_id, packing=config.data.packing)
         self.sampler = ResumableDistributedSampler(
             len(self.train_examples), rank=self.ctx.rank, world_size=self.ctx.world_size,
@@ -105,23 +101,6 @@ class Trainer:
                  config.loss.name, " + mlc" if config.mlc.enabled else "")
 
     # ---- construction -------------------------------------------------------------------------------------------
-    def _build_examples(self) -> tuple[list[PreferenceExample], list[PreferenceExample]]:
-        data = self.config.data
-        encoder = ChatEncoder(self.tokenizer, data.max_length, data.max_prompt_length, data.system_prompt)
-        mlc_languages = self.config.mlc.languages if self.config.mlc.enabled else None
-        train_records = load_all(data.train_files, data.dominant_language, data.skip_bad_rows)
-        train = build_examples(train_records, encoder, dominant_language=data.dominant_language, languages=data.languages,
-                               with_anchor=self.loss.needs_anchor, mlc_languages=mlc_languages)
-        if not train:
-            raise ValueError(f"no training examples: languages {data.languages or 'all'} with dominant {data.dominant_language} "
-                             "produced no pairs from data.train_files")
-        evaluation: list[PreferenceExample] = []
-        if data.eval_files:
-            eval_records = load_all(data.eval_files, data.dominant_language, data.skip_bad_rows)
-            evaluation = build_examples(eval_records, encoder, dominant_language=data.dominant_language, languages=[],
-                                        with_anchor=False)
-        return train, evaluation
-
     def _build_engines(self) -> tuple[PolicyEngine, ReferenceEngine | ReferenceCache | None]:
         config = self.config
         reference_needed = self.loss.needs_reference or self.loss.needs_anchor
@@ -133,8 +112,6 @@ class Trainer:
             log.info("reference terms from the cache %s: no reference engine", config.engine.reference_cache)
         hidden_size = AutoConfig.from_pretrained(config.model.path).hidden_size
         dtype = DTYPES[self.dtype_name]
-        common = dict(attn_implementation=config.model.attn_implementation, logprob_backend=config.model.logprob_backend,
-                      logprob_chunk_size=config.model.logprob_chunk_size)
         policy_ds = render_policy_config(config, world_size=self.ctx.world_size,
                                          dtype=self.dtype_name, hidden_size=hidden_size, on_gpu=self.ctx.on_gpu)
         # resolved before the engine exists: a universal checkpoint (another world size) needs load_universal in its config
@@ -143,7 +120,7 @@ class Trainer:
             policy_ds = with_universal_loading(policy_ds)
         policy_model = build_alignment_model(
             config.model.path, policy_ds, dtype, gradient_checkpointing=config.model.gradient_checkpointing,
-            mlc_dim=config.mlc.dim if config.mlc.enabled else 0, mlc_layer=config.mlc.layer, seed=config.train.seed, **common,
+            mlc_dim=config.mlc.dim if config.mlc.enabled else 0, mlc_layer=config.mlc.layer, seed=config.train.seed, **model_options(config),
         )
         lr_factor = warmup_cosine(config.optim.warmup_ratio, self.total_steps, config.optim.min_lr_ratio)
         policy = PolicyEngine(policy_model, policy_ds, lr_factor)
@@ -151,9 +128,8 @@ class Trainer:
             return policy, cache
         reference = None
         if reference_needed:
-            reference_ds = render_reference_config(config, world_size=self.ctx.world_size, dtype=self.dtype_name,
-                                                   hidden_size=hidden_size, on_gpu=self.ctx.on_gpu)
-            reference = ReferenceEngine(build_alignment_model(config.model.path, reference_ds, dtype, **common), reference_ds)
+            reference = reference_engine(config, world_size=self.ctx.world_size, on_gpu=self.ctx.on_gpu,
+                                         dtype_name=self.dtype_name, hidden_size=hidden_size)
         return policy, reference
 
     # ---- one step -----------------------------------------------------------------------------------------------
