@@ -13,10 +13,13 @@ STAMP="$VENV/.mpo-dist-installed"
 WANT="$(sha256sum "$ROOT/setup.py" | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "[setup] installing dependencies into $VENV (first run takes a few minutes)"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  # torch first, pinned: on these machines 2.13.0 is the local CPU build; on a GPU cluster install your CUDA torch beforehand.
-  "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+  PIP_LOG="$VENV/pip-install.log"
+  {
+    "$VENV/bin/python" -m pip install -q --upgrade pip &&
+    # torch first, pinned: on these machines 2.13.0 is the local CPU build; on a GPU cluster install your CUDA torch first.
+    { "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"; } &&
+    "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+  } > "$PIP_LOG" 2>&1 || { tail -n 40 "$PIP_LOG" >&2; echo "[setup] installation failed; full log: $PIP_LOG" >&2; return 1 2>/dev/null || exit 1; }
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
