@@ -15,6 +15,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from slurm_cluster import slurm_cluster  # noqa: E402,F401  (the one session-wide SLURM cluster fixture)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MULTIPROCESS_TIMEOUT_S = 600
 

@@ -2,7 +2,8 @@
 
 The cluster gets its own state directory and ports, so it never collides with a cluster a developer already runs
 with the script's defaults, and it is always torn down at the end of the session, whatever the tests did.
-Import the `slurm_cluster` fixture into a test module to use it.
+tests/conftest.py imports the `slurm_cluster` fixture once, so every module shares one cluster (a fixture imported into
+two modules would be two session fixtures and two clusters on the same ports).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ TEST_CTLD_PORT = 16817
 TEST_SLURMD_PORT = 16818
 # A fresh machine first installs the Debian packages (apt-get update + install).
 UP_TIMEOUT_S = 600
+LAUNCHER_VARIABLES = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                      "ROLE_RANK", "TORCHELASTIC_RUN_ID"}
 FINISHED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 
@@ -41,7 +44,9 @@ class SlurmCluster:
     def __init__(self, state_dir: Path):
         self.state_dir = state_dir
         self.env = {
-            **os.environ,
+            # A test process that ran the trainer in-process holds a process group on MASTER_PORT; a job inheriting
+            # these variables would rendezvous with that stale store instead of its own.
+            **{k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES},
             "MPO_SLURM_DIR": str(state_dir),
             "MPO_SLURM_CTLD_PORT": str(TEST_CTLD_PORT),
             "MPO_SLURM_SLURMD_PORT": str(TEST_SLURMD_PORT),

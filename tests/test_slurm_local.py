@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_cluster import REPO_ROOT, SlurmCluster, slurm_cluster, wait_for  # noqa: F401  (slurm_cluster is a fixture)
+from slurm_cluster import REPO_ROOT, SlurmCluster, wait_for
 
 pytestmark = pytest.mark.slurm
 

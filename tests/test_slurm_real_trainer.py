@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import read_jsonl
-from slurm_cluster import FINISHED_STATES, SlurmCluster, slurm_cluster, wait_for  # noqa: F401  (slurm_cluster is a fixture)
+from slurm_cluster import FINISHED_STATES, SlurmCluster, wait_for
 
 pytestmark = pytest.mark.slurm
 
