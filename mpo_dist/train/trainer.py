@@ -94,8 +94,9 @@ class Trainer:
         steps_per_epoch = math.ceil(self.sampler.batches_per_epoch / accumulation)
         self.total_steps = config.train.max_steps or config.train.epochs * steps_per_epoch
         self.dtype_name = resolve_dtype(config.model.dtype, self.ctx.on_gpu)
-        self.policy, self.reference = self._build_engines()
         self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", config.checkpoint.keep_last, self.ctx.rank)
+        self.resume_dir = resolve_resume(config.checkpoint.resume, self.checkpoints.root)
+        self.policy, self.reference = self._build_engines()
         log.info("%d training examples, %d eval examples, %d optimiser steps, world size %d, dtype %s, loss %s%s",
                  len(self.train_examples), len(self.eval_examples), self.total_steps, self.ctx.world_size, self.dtype_name,
                  config.loss.name, " + mlc" if config.mlc.enabled else "")
@@ -104,33 +105,35 @@ class Trainer:
     def _build_engines(self) -> tuple[PolicyEngine, ReferenceEngine | ReferenceCache | None]:
         config = self.config
         reference_needed = self.loss.needs_reference or self.loss.needs_anchor
-        cache = None
-        if reference_needed and config.engine.reference == "cache":  # checked first: a stale cache fails in seconds
-            cache = ReferenceCache.open(config.engine.reference_cache, reference_fingerprint(config, self.dtype_name),
-                                        self.ctx.device)
-            cache.require_examples(example.example_id for example in self.train_examples)
-            log.info("reference terms from the cache %s: no reference engine", config.engine.reference_cache)
+        cache = self._open_reference_cache() if reference_needed and config.engine.reference == "cache" else None
         hidden_size = AutoConfig.from_pretrained(config.model.path).hidden_size
-        dtype = DTYPES[self.dtype_name]
-        policy_ds = render_policy_config(config, world_size=self.ctx.world_size,
-                                         dtype=self.dtype_name, hidden_size=hidden_size, on_gpu=self.ctx.on_gpu)
-        # resolved before the engine exists: a universal checkpoint (another world size) needs load_universal in its config
-        self.resume_dir = resolve_resume(config.checkpoint.resume, self.output_dir / "checkpoints")
-        if self.resume_dir is not None and is_universal(self.resume_dir):
-            policy_ds = with_universal_loading(policy_ds)
-        policy_model = build_alignment_model(
-            config.model.path, policy_ds, dtype, gradient_checkpointing=config.model.gradient_checkpointing,
-            mlc_dim=config.mlc.dim if config.mlc.enabled else 0, mlc_layer=config.mlc.layer, seed=config.train.seed, **model_options(config),
+        policy = self._policy_engine(hidden_size)
+        if cache is not None or not reference_needed:
+            return policy, cache
+        return policy, reference_engine(config, world_size=self.ctx.world_size, on_gpu=self.ctx.on_gpu,
+                                        dtype_name=self.dtype_name, hidden_size=hidden_size)
+
+    def _open_reference_cache(self) -> ReferenceCache:
+        """Opened before any engine is built: a stale cache fails in seconds, not after loading the model."""
+        config = self.config
+        cache = ReferenceCache.open(config.engine.reference_cache, reference_fingerprint(config, self.dtype_name), self.ctx.device)
+        cache.require_examples(example.example_id for example in self.train_examples)
+        log.info("reference terms from the cache %s: no reference engine", config.engine.reference_cache)
+        return cache
+
+    def _policy_engine(self, hidden_size: int) -> PolicyEngine:
+        config = self.config
+        ds_config = render_policy_config(config, world_size=self.ctx.world_size, dtype=self.dtype_name,
+                                         hidden_size=hidden_size, on_gpu=self.ctx.on_gpu)
+        if self.resume_dir is not None and is_universal(self.resume_dir):  # written at another world size
+            ds_config = with_universal_loading(ds_config)
+        model = build_alignment_model(
+            config.model.path, ds_config, DTYPES[self.dtype_name], gradient_checkpointing=config.model.gradient_checkpointing,
+            mlc_dim=config.mlc.dim if config.mlc.enabled else 0, mlc_layer=config.mlc.layer, seed=config.train.seed,
+            **model_options(config),
         )
         lr_factor = warmup_cosine(config.optim.warmup_ratio, self.total_steps, config.optim.min_lr_ratio)
-        policy = PolicyEngine(policy_model, policy_ds, lr_factor)
-        if cache is not None:
-            return policy, cache
-        reference = None
-        if reference_needed:
-            reference = reference_engine(config, world_size=self.ctx.world_size, on_gpu=self.ctx.on_gpu,
-                                         dtype_name=self.dtype_name, hidden_size=hidden_size)
-        return policy, reference
+        return PolicyEngine(model, ds_config, lr_factor)
 
     # ---- one step -----------------------------------------------------------------------------------------------
     def micro_step(self, batch: Batch, mlc_weight: float) -> LossOutput:
