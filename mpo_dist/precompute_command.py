@@ -51,6 +51,7 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
 
     from mpo_dist.config import ConfigError
     from mpo_dist.data.collate import PreferenceCollator
+    from mpo_dist.data.sampler import rank_batches
     from mpo_dist.engine.engines import barrier, init_distributed
     from mpo_dist.engine.reference_cache import (cached_term_names, prepare_directory, reference_fingerprint,
                                                  require_unique_ids, term_tensors, write_index, write_shard)
@@ -83,17 +84,16 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
     pooling = getattr(config.loss.options(), "pooling", "masked")
     collator = PreferenceCollator(tokenizer.pad_token_id, packing=data.packing)
     batch_size = config.train.micro_batch_size
-    mine = examples[ctx.rank::ctx.world_size]
     num_batches = math.ceil(math.ceil(len(examples) / ctx.world_size) / batch_size)
     log.info("precompute-ref: %d examples, %d micro-batches of %d per rank, world size %d, dtype %s, writing %s",
              len(examples), num_batches, batch_size, ctx.world_size, dtype_name, out_dir)
     computed, example_ids = [], []
-    for index in range(num_batches):
-        chunk = mine[index * batch_size : (index + 1) * batch_size]
-        batch = collator(chunk or examples[:1]).to(ctx.device)
+    batches = rank_batches(examples, rank=ctx.rank, world_size=ctx.world_size, batch_size=batch_size)
+    for index, (chunk, real) in enumerate(batches):
+        batch = collator(chunk).to(ctx.device)
         plan = ReferencePlan.for_loss(loss, batch)
         terms = reference_terms(reference.forward(batch, plan.rows), plan, batch, loss, pooling)
-        if chunk:
+        if real:
             computed.append(term_tensors(terms))
             example_ids += batch.example_ids
         if (index + 1) % PROGRESS_EVERY == 0:

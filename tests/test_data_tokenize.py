@@ -100,3 +100,15 @@ def test_sampler_shards_resumes_and_changes_world_size() -> None:
     assert one_rank[1] != one_rank[0]  # then the next epoch starts
     with pytest.raises(ValueError, match="data or seed changed"):
         ResumableDistributedSampler(11, rank=0, world_size=2, micro_batch_size=2, seed=3).load_state_dict(state)
+
+
+def test_rank_batches_equal_forwards_and_every_item_once() -> None:
+    from mpo_dist.data.sampler import rank_batches
+
+    items = list(range(11))
+    per_rank = [list(rank_batches(items, rank=r, world_size=3, batch_size=2)) for r in range(3)]
+    assert [len(batches) for batches in per_rank] == [2, 2, 2]  # ceil(ceil(11 / 3) / 2) forwards on every rank
+    real = [i for batches in per_rank for batch, is_real in batches if is_real for i in batch]
+    assert sorted(real) == items
+    assert list(rank_batches(list(range(5)), rank=1, world_size=2, batch_size=2)) == [([1, 3], True), ([0], False)]
+    assert list(rank_batches([7], rank=1, world_size=2, batch_size=4)) == [([7], False)]

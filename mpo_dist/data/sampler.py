@@ -7,9 +7,11 @@ exactly where the last one ended, so no sample is skipped or repeated.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 class ResumableDistributedSampler:
@@ -73,3 +75,17 @@ class ResumableDistributedSampler:
             )
         self.epoch = state["epoch"]
         self.consumed = state["consumed"]
+
+
+def rank_batches(items: list[T], *, rank: int, world_size: int, batch_size: int) -> Iterator[tuple[list[T], bool]]:
+    """One pass over `items` split across ranks (evaluation, reference precompute): yields (batch, real).
+
+    Every rank yields the same number of batches, because under ZeRO-3 a rank that stops calling forward leaves the
+    others waiting for its share of each layer. A rank that has run out yields `items[:1]` with real=False: run the
+    forward, drop the result.
+    """
+    mine = items[rank::world_size]
+    per_rank = -(-len(items) // world_size)
+    for start in range(0, per_rank, batch_size):
+        batch = mine[start : start + batch_size]
+        yield (batch, True) if batch else (items[:1], False)

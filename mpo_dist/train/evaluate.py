@@ -1,7 +1,6 @@
 """Per-language reward gaps on the held-out split: A(chosen) - A(rejected) with A the length-normalised log-likelihood.
 
-Examples are sharded across ranks; every rank runs the same number of batches (short ranks repeat an example with weight
-0), because under ZeRO-3 a rank that stops calling forward leaves the others waiting for it forever.
+Examples are sharded across ranks with `rank_batches`, which gives every rank the same number of forwards (ZeRO-3 needs it).
 """
 from __future__ import annotations
 
@@ -12,6 +11,7 @@ import torch.distributed as dist
 
 from mpo_dist.data.collate import Batch, PreferenceCollator
 from mpo_dist.data.examples import PreferenceExample
+from mpo_dist.data.sampler import rank_batches
 from mpo_dist.models.alignment_model import ModelOutputs
 from mpo_dist.train.step import pair_logps
 
@@ -28,23 +28,19 @@ def reward_gaps(
 ) -> dict[str, float]:
     """Mean reward gap per language over `examples` (all ranks get the same dict)."""
     languages = sorted({e.language for e in examples})
-    per_rank = -(-len(examples) // world_size)
-    per_rank = -(-per_rank // batch_size) * batch_size
-    mine = examples[rank::world_size]
-    weights = [1.0] * len(mine) + [0.0] * (per_rank - len(mine))
-    mine = mine + [examples[0]] * (per_rank - len(mine))
     sums = torch.zeros(len(languages), dtype=torch.float64, device=device)
     counts = torch.zeros(len(languages), dtype=torch.float64, device=device)
-    for start in range(0, per_rank, batch_size):
-        chunk = mine[start : start + batch_size]
+    for chunk, real in rank_batches(examples, rank=rank, world_size=world_size, batch_size=batch_size):
         batch = collator(chunk).to(device)
         outputs = forward(batch)
+        if not real:
+            continue
         logps = pair_logps(outputs.token_logprobs, batch.sequences(), batch.rows("chosen"), batch.rows("rejected"))
         gaps = (logps.chosen_mean() - logps.rejected_mean()).double()
         for i, example in enumerate(chunk):
             index = languages.index(example.language)
-            sums[index] += weights[start + i] * gaps[i]
-            counts[index] += weights[start + i]
+            sums[index] += gaps[i]
+            counts[index] += 1
     if dist.is_initialized():
         dist.all_reduce(sums)
         dist.all_reduce(counts)
