@@ -101,10 +101,11 @@ def evaluate_model(role: str, path: Path, records: list[ParallelRecord], languag
     import torch
     from transformers import AutoModelForCausalLM
 
+    from mpo_dist.data.examples import build_examples
     from mpo_dist.data.tokenize import ChatEncoder
     from mpo_dist.eval.generation import PromptItem, generate_and_judge
     from mpo_dist.eval.report import ModelScores, safety_counts
-    from mpo_dist.eval.reward_gaps import model_reward_gaps, preference_examples
+    from mpo_dist.eval.reward_gaps import model_reward_gaps
 
     ctx.say(f"{role}: loading {path}")
     tokenizer = load_tokenizer(path)
@@ -112,7 +113,8 @@ def evaluate_model(role: str, path: Path, records: list[ParallelRecord], languag
     model.to(ctx.device).eval()
     encoder = ChatEncoder(tokenizer, args.max_length, args.max_prompt_length, args.system_prompt)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    examples = preference_examples(records, encoder, languages, args.dominant_language)
+    examples = build_examples(records, encoder, dominant_language=args.dominant_language, languages=languages,
+                              with_anchor=False)  # every language's pair; prompt-only records give none
     ctx.say(f"{role}: reward gaps on {len(examples)} held-out pairs")
     gaps = model_reward_gaps(model, examples, pad_token_id, batch_size=args.batch_size, device=ctx.device,
                              rank=ctx.rank, world_size=ctx.world_size)

@@ -13,34 +13,24 @@ import torch
 from transformers import PreTrainedModel
 
 from mpo_dist.data.collate import Batch, PreferenceCollator
-from mpo_dist.data.examples import PreferenceExample, build_examples
-from mpo_dist.data.schema import ParallelRecord
-from mpo_dist.data.tokenize import ChatEncoder
-from mpo_dist.kernels import label_logprobs
+from mpo_dist.data.examples import PreferenceExample
 from mpo_dist.models.alignment_model import ModelOutputs
+from mpo_dist.models.head import LogProbHead
 from mpo_dist.train.evaluate import reward_gaps
 
 
 def logprob_forward(model: PreTrainedModel) -> Callable[[Batch], ModelOutputs]:
-    """Batch -> ModelOutputs with float32 log p(label) per token (0 off the response), no full logits kept."""
+    """Batch -> ModelOutputs with float32 log p(label) per token (0 off the response), no full logits kept. The training
+    head is built beside the model, not swapped into it, so the same model still generates afterwards."""
     backbone = getattr(model, model.base_model_prefix)
-    head = model.get_output_embeddings()
-    softcap = getattr(model.config, "final_logit_softcapping", None)
+    head = LogProbHead(model.get_output_embeddings(), getattr(model.config, "final_logit_softcapping", None))
 
     @torch.inference_mode()
     def forward(batch: Batch) -> ModelOutputs:
         hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
-        token_logprobs = label_logprobs(hidden.reshape(-1, hidden.shape[-1]), head.weight, batch.labels.reshape(-1),
-                                        bias=head.bias, softcap=softcap).view(batch.labels.shape)
-        return ModelOutputs(token_logprobs, hidden, None)
+        return ModelOutputs(head(hidden, batch.labels), hidden, None)
 
     return forward
-
-
-def preference_examples(records: list[ParallelRecord], encoder: ChatEncoder, languages: list[str],
-                        dominant_language: str) -> list[PreferenceExample]:
-    """One example per (record, language) with a complete chosen/rejected pair; prompt-only records give none."""
-    return build_examples(records, encoder, dominant_language=dominant_language, languages=languages, with_anchor=False)
 
 
 def model_reward_gaps(model: PreTrainedModel, examples: list[PreferenceExample], pad_token_id: int, *, batch_size: int,
