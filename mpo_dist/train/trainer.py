@@ -156,22 +156,22 @@ class Trainer:
         mlc = self.config.mlc
         mlc_weight = mlc.weight if mlc.enabled and mlc_applies(step, mlc.every) else 0.0
         accumulation = self.config.train.gradient_accumulation
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}  # kept on the device: one host sync per optimiser step, not per metric
         example_ids: list[str] = []
         tokens = 0
         for _ in range(accumulation):
-            examples = [self.train_examples[i] for i in self.sampler.next_batch()]
-            batch = self.collator(examples).to(self.ctx.device)
-            out = self.micro_step(batch, mlc_weight)
+            batch = self.collator([self.train_examples[i] for i in self.sampler.next_batch()])
+            tokens += batch.num_tokens  # counted on the host copy
+            out = self.micro_step(batch.to(self.ctx.device), mlc_weight)
             for name, value in {"loss": out.loss.detach(), **out.metrics}.items():
-                totals[name] = totals.get(name, 0.0) + float(value) / accumulation
+                value = torch.as_tensor(value, dtype=torch.float64, device=self.ctx.device) / accumulation
+                totals[name] = totals[name] + value if name in totals else value
             example_ids += batch.example_ids
-            tokens += batch.num_tokens
-        return totals["loss"], self._mean_over_ranks(totals), example_ids, tokens
+        return float(totals["loss"]), self._mean_over_ranks(totals), example_ids, tokens
 
-    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+    def _mean_over_ranks(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
         names = sorted(values)
-        packed = torch.tensor([values[n] for n in names], dtype=torch.float64, device=self.ctx.device)
+        packed = torch.stack([values[n] for n in names])
         if dist.is_initialized():
             dist.all_reduce(packed)
             packed /= self.ctx.world_size
