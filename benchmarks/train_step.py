@@ -1,15 +1,19 @@
 """Benchmark one MPO training step on one GPU: mpo-dist against a naive MPO step, both under DeepSpeed ZeRO-3.
 
 Model: a random-init Llama (default hidden 2048, 16 layers, 32 heads / 8 KV heads, MLP 8192, vocab 128256, untied:
-1.50 B parameters), bf16, activation checkpointing on every decoder layer. Batch: `--pairs` MPO examples per step, each
-4 sequences (target chosen / rejected, dominant chosen / rejected) of `--min-length`..`--seq-len` tokens, a quarter of
-each the prompt. The same batch is used every step.
+1.50 B parameters), bf16, activation checkpointing on every decoder layer (except mpo-dist-no-ckpt). Batch: `--pairs`
+MPO examples per step, each 4 sequences (target chosen / rejected, dominant chosen / rejected) of
+`--min-length`..`--seq-len` tokens, a quarter of each the prompt. The same batch is used every step.
 
   mpo-dist  the library's step (what Trainer.micro_step runs): AlignmentModel with the fused log-prob head (Triton on
             GPU, never the full logits), reference terms read from a reference cache written once before timing
             (mpo-dist precompute-ref's format), optional packing (data.packing: on by default only with
             flash_attention_2, whose varlen kernel keeps attention inside each sequence; sdpa would attend over the
             whole packed row through a mask).
+  mpo-dist-no-ckpt  the same without activation checkpointing: the memory the fused head and the cache save
+            (no [tokens, vocab] float32 logits, no reference activations) pays for keeping every layer's activations,
+            which removes the recomputation (~1/4 of the step's FLOPs). `mpo-dist plan --no-activation-checkpointing`
+            estimates its peak; the goal compares it with the naive step's measured peak.
   naive     written here: the Hugging Face model's full logits materialised in float32 + log_softmax + gather, the
             reference model run on the dominant pair EVERY step (a second ZeRO-3 engine with offload_param=cpu, or
             --naive-reference gpu: a plain bf16 copy on the GPU), a padded batch.
@@ -18,6 +22,7 @@ Reported per method: median step time, tokens/s (real tokens of the 4 x pairs po
 peak GPU memory (torch.cuda.max_memory_allocated over the timed steps). MFU counts the policy's useful training FLOPs
 only: 6 x (parameters except the input embedding) per real token + causal attention 6 x layers x hidden x sum(len^2);
 activation recomputation and the naive method's reference forward are not counted (MFU, not hardware FLOPs).
+The last lines give each mpo-dist variant's speed-up over naive and whether it stays within naive's peak memory.
 
     python benchmarks/train_step.py                       # needs CUDA + DeepSpeed; prints a Markdown table
     python benchmarks/train_step.py --min-length 512      # variable lengths: padding waste, where packing helps
@@ -79,14 +84,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="mpo-dist's data.packing; auto = on with flash_attention_2 only")
     parser.add_argument("--naive-reference", default="offload", choices=["offload", "gpu"],
                         help="naive step's reference: ZeRO-3 engine offloaded to CPU, or a bf16 copy on the GPU")
-    parser.add_argument("--methods", nargs="+", default=["mpo-dist", "naive"], choices=["mpo-dist", "naive"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="dense bf16 peak per GPU for MFU; 0 = by device")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="run tiny shapes in float32 on the CPU to check the script end to end (no useful timings)")
     # internal: the parent runs each method in a child process with these
-    parser.add_argument("--run-one", choices=["mpo-dist", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--run-one", choices=list(METHODS), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--matmul-params", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -160,7 +165,7 @@ def timed(step: Callable[[], float], args: argparse.Namespace, device: torch.dev
 
 # ---- mpo-dist -------------------------------------------------------------------------------------------------------
 def mpo_dist_step(args: argparse.Namespace, model_dir: Path, examples: list, dtype_name: str,
-                  device: torch.device) -> Callable[[], float]:
+                  device: torch.device, checkpointing: bool = True) -> Callable[[], float]:
     """The library's micro-step with the reference terms from a cache."""
     from mpo_dist.config import load_config
     from mpo_dist.data.collate import PreferenceCollator
@@ -174,7 +179,7 @@ def mpo_dist_step(args: argparse.Namespace, model_dir: Path, examples: list, dty
     cache_dir = model_dir.parent / "reference_cache"
     cache_dir.mkdir(exist_ok=True)
     config = load_config(None, [
-        f"model.path={model_dir}", f"model.dtype={dtype_name}", "model.gradient_checkpointing=true",
+        f"model.path={model_dir}", f"model.dtype={dtype_name}", f"model.gradient_checkpointing={checkpointing}",
         f"model.attn_implementation={args.attn}", f"data.packing={args.packing == 'on'}",
         f"data.max_length={args.seq_len}", f"data.max_prompt_length={args.seq_len // 2}", "loss.name=mpo",
         f"train.micro_batch_size={args.pairs}", "engine.reference=cache", f"engine.reference_cache={cache_dir}",
@@ -197,7 +202,7 @@ def mpo_dist_step(args: argparse.Namespace, model_dir: Path, examples: list, dty
     cache = ReferenceCache.open(cache_dir, {}, device)
 
     policy_ds = render_policy_config(config, world_size=1, dtype=dtype_name, hidden_size=args.hidden, on_gpu=on_gpu)
-    model = build_alignment_model(str(model_dir), policy_ds, dtype, gradient_checkpointing=True, **common)
+    model = build_alignment_model(str(model_dir), policy_ds, dtype, gradient_checkpointing=checkpointing, **common)
     policy = PolicyEngine(model, policy_ds, lambda step: 1.0)
 
     def step() -> float:
@@ -273,6 +278,13 @@ def naive_step(args: argparse.Namespace, model_dir: Path, examples: list, dtype_
     return step
 
 
+METHODS: dict[str, Callable[..., Callable[[], float]]] = {
+    "mpo-dist": mpo_dist_step,
+    "mpo-dist-no-ckpt": lambda *args: mpo_dist_step(*args, checkpointing=False),
+    "naive": naive_step,
+}
+
+
 # ---- main -----------------------------------------------------------------------------------------------------------
 def peak_tflops(args: argparse.Namespace, device: torch.device) -> float:
     if args.peak_tflops > 0 or device.type != "cuda":
@@ -301,8 +313,15 @@ def table(results: list[Result], peak: float) -> str:
     for r in results:
         mfu = f"{100 * r.model_flops / r.seconds / (peak * 1e12):.1f} %" if peak else "n/a (--peak-tflops)"
         lines.append(f"| {r.name} | {r.seconds:.3f} | {r.tokens / r.seconds:,.0f} | {mfu} | {r.peak_gib:.1f} | {r.loss:.6g} |")
-    if len(results) == 2:
-        lines.append(f"\nspeed-up {results[1].name} -> {results[0].name}: {results[1].seconds / results[0].seconds:.2f}x")
+    naive = next((r for r in results if r.name == "naive"), None)
+    device_memory_measured = all(r.peak_gib == r.peak_gib for r in results)  # NaN on the CPU
+    if naive is not None:
+        lines.append("")
+        for r in results:
+            if r is not naive:
+                memory = (f"peak {r.peak_gib:.1f} GiB, {'within' if r.peak_gib <= naive.peak_gib else 'ABOVE'} "
+                          f"naive's {naive.peak_gib:.1f} GiB" if device_memory_measured else "peak memory not measured")
+                lines.append(f"{r.name}: {naive.seconds / r.seconds:.2f}x naive's tokens/s, {memory}")
     return "\n".join(lines)
 
 
@@ -315,8 +334,7 @@ def run_one(args: argparse.Namespace, device: torch.device, dtype_name: str) -> 
     init_distributed()  # a world of one (DeepSpeed needs a process group)
     examples = synthetic_examples(args)
     lengths = [len(s.input_ids) for e in examples for s in (e.chosen, e.rejected, e.anchor_chosen, e.anchor_rejected)]
-    build = mpo_dist_step if args.run_one == "mpo-dist" else naive_step
-    step = build(args, args.model_dir, examples, dtype_name, device)
+    step = METHODS[args.run_one](args, args.model_dir, examples, dtype_name, device)
     seconds, peak_gib, loss = timed(step, args, device)
     flops = model_flops(args, args.matmul_params, lengths)
     args.result.write_text(json.dumps(Result(args.run_one, seconds, sum(lengths), flops, peak_gib, loss).__dict__))
@@ -355,8 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke run)"
         print(f"device {device_name}; torch {torch.__version__}; Llama {params / 1e9:.2f} B params (hidden {args.hidden}, "
               f"{args.layers} layers, vocab {args.vocab}); {args.pairs} pairs x 4 sequences, lengths "
-              f"{min(lengths)}..{max(lengths)} (mean {statistics.mean(lengths):.0f}); {dtype_name}; activation "
-              f"checkpointing; attention {args.attn}; mpo-dist packing {args.packing}; naive reference "
+              f"{min(lengths)}..{max(lengths)} (mean {statistics.mean(lengths):.0f}); {dtype_name}; attention {args.attn}; mpo-dist packing {args.packing}; naive reference "
               f"{args.naive_reference}; peak {peak or 'unknown'} TFLOP/s; {args.warmup} warm-up + {args.steps} timed steps",
               flush=True)
         results = []

@@ -26,6 +26,10 @@ class Case:
     labels: torch.Tensor
     upstream: torch.Tensor  # d loss / d logprob per row
 
+    def to(self, device: str | torch.device) -> "Case":
+        return Case(*(t.to(device) if t is not None else None
+                      for t in (self.hidden, self.weight, self.bias, self.labels, self.upstream)))
+
 
 def make_case(seed: int, n: int, h: int, v: int, dtype: torch.dtype, with_bias: bool) -> Case:
     """Random inputs with logits spread over several units (a peaked softmax) and ~1/4 ignored rows."""
@@ -53,7 +57,8 @@ def reference_logprobs(hidden, weight, labels, bias, softcap, ignore_index=IGNOR
 
 
 def reference_run(case: Case, softcap: float | None):
-    """(log-probs, [grad_hidden, grad_weight, grad_bias?]) in float64."""
+    """(log-probs, [grad_hidden, grad_weight, grad_bias?]) in float64, computed on the CPU."""
+    case = case.to("cpu")
     leaves = [t.detach().double().requires_grad_() for t in (case.hidden, case.weight, case.bias) if t is not None]
     out = reference_logprobs(leaves[0], leaves[1], case.labels, leaves[2] if case.bias is not None else None, softcap)
     (out * case.upstream.double()).sum().backward()
@@ -61,11 +66,12 @@ def reference_run(case: Case, softcap: float | None):
 
 
 def kernel_run(case: Case, softcap: float | None, logprob_fn):
-    """Run `logprob_fn(hidden, weight, labels, bias)` forward + backward with the case's upstream gradient."""
+    """Run `logprob_fn(hidden, weight, labels, bias)` forward + backward with the case's upstream gradient, on the
+    case's device; results come back on the CPU."""
     leaves = [t.detach().clone().requires_grad_() for t in (case.hidden, case.weight, case.bias) if t is not None]
     out = logprob_fn(leaves[0], leaves[1], case.labels, leaves[2] if case.bias is not None else None)
     (out * case.upstream).sum().backward()
-    return out.detach(), [leaf.grad for leaf in leaves]
+    return out.detach().cpu(), [leaf.grad.cpu() for leaf in leaves]
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -77,13 +83,14 @@ def assert_matches_reference(case: Case, softcap, logprob_fn, grad_tolerance: fl
     ref_out, ref_grads = reference_run(case, softcap)
     assert out.dtype == torch.float32 and out.shape == case.labels.shape
     torch.testing.assert_close(out.double(), ref_out, atol=logprob_atol, rtol=0)
-    assert bool((out[case.labels == IGNORE] == 0).all())
+    ignored = case.labels.cpu() == IGNORE
+    assert bool((out[ignored] == 0).all())
     for name, grad, ref_grad, leaf in zip(("hidden", "weight", "bias"), grads, ref_grads,
                                           (case.hidden, case.weight, case.bias)):
         assert grad.dtype == leaf.dtype and grad.shape == leaf.shape, name
         error = relative_error(grad, ref_grad)
         assert error <= grad_tolerance, f"grad_{name}: relative error {error:.2e} > {grad_tolerance:.0e}"
-    assert bool((grads[0][case.labels == IGNORE] == 0).all()), "ignored rows must get no gradient"
+    assert bool((grads[0][ignored] == 0).all()), "ignored rows must get no gradient"
 
 
 def torch_backend(chunk_size: int, softcap):

@@ -28,9 +28,15 @@ GPU and software. The chunk width is chosen so G_chunk takes GRAD_LOGITS_BUDGET_
 chunk = 2048 columns, temporaries = 64 MiB (G) + 128 MiB (lo) + ~1 MiB. Total work 8*N*H*V flops, all in large
 GEMM-shaped tiles; the extra memory traffic (writing and twice reading G, about 3*N*V*2 bytes) is small next to it.
 
-Not yet timed on a GPU. Estimate for the target shape: 8*N*H*V = 6.9e16 flops, so ~110 ms at ~600 TFLOP/s for the
+Why 8*N*H*V and not the 6*N*H*V of Liger-style fused cross-entropy: those compute the gradients inside the forward
+because a mean/sum loss fixes d loss / d logp before the forward runs. Here the upstream gradient is per token and
+comes from the reward-gap loss over whole sequences, so it exists only after every log-prob does; without storing
+[N, V] the backward must recompute the logits once (2*N*H*V) before its two gradient GEMMs.
+
+Not yet timed on a GPU. Estimate for the target shape: 8*N*H*V = 6.9e13 flops, so ~110 ms at ~600 TFLOP/s for the
 Triton GEMMs and ~700 for cuBLAS; the <= 93 ms goal needs ~740 TFLOP/s on average. Tuning left for a GPU session:
-tile configs per dtype/arch (`kernel_configs`), the split count, and the chunk budget.
+tile configs per kernel (`kernel_configs`), the programs per SM of the forward and the chunk budget; the benchmark's
+`--sweep` times candidates of each in one run.
 """
 from __future__ import annotations
 
@@ -59,8 +65,13 @@ class TileConfig:
 
 @dataclass(frozen=True)
 class KernelConfigs:
-    logits: TileConfig  # forward and grad-logits: rows x vocab x hidden
+    """One tile config per kernel, chosen once per (device, dtype); `benchmarks/logprob_kernel.py --sweep` passes
+    others explicitly to find faster ones for a GPU (any valid config gives a correct result)."""
+
+    forward: TileConfig  # rows x vocab x hidden
+    grad_logits: TileConfig  # rows x vocab x hidden
     grad_hidden: TileConfig  # rows x hidden x vocab
+    forward_programs_per_sm: int = 4  # vocab splits are chosen so the forward grid has this many programs per SM
 
 
 def kernel_configs(device: torch.device, dtype: torch.dtype) -> KernelConfigs:
@@ -70,10 +81,12 @@ def kernel_configs(device: torch.device, dtype: torch.dtype) -> KernelConfigs:
     sm_90 (ptxas via triton.compile, no GPU) every kernel variant fits in registers without spills; 128x256 tiles
     spilled 230-1240 bytes in the soft-cap/bias and carried-sum epilogues. fp32 uses ieee (non tensor-core) dots."""
     if device.type != "cuda":
-        return KernelConfigs(TileConfig(16, 32, 16, 1, 1, group_m=2), TileConfig(16, 32, 16, 1, 1, group_m=2))
-    if dtype == torch.float32:
-        return KernelConfigs(TileConfig(64, 128, 32, 8, 2), TileConfig(64, 128, 32, 8, 2))
-    return KernelConfigs(TileConfig(128, 128, 64, 8, 4), TileConfig(128, 128, 64, 8, 4))
+        tile = TileConfig(16, 32, 16, 1, 1, group_m=2)
+    elif dtype == torch.float32:
+        tile = TileConfig(64, 128, 32, 8, 2)
+    else:
+        tile = TileConfig(128, 128, 64, 8, 4)
+    return KernelConfigs(forward=tile, grad_logits=tile, grad_hidden=tile)
 
 
 def _dot_options(device: torch.device, dtype: torch.dtype) -> dict[str, object]:
@@ -242,10 +255,12 @@ def _grad_hidden_kernel(g_ptr, w_ptr, hi_ptr, lo_ptr, N, H, chunk_len, stride_gl
         tl.store(lo_ptr + block_offset + out_offsets, residual, mask=out_mask)
 
 
-def _num_splits(row_blocks: int, vocab_tiles: int, device: torch.device) -> int:
-    """Vocab splits so the forward grid has ~4 programs per SM (2 splits on the interpreter, to test the merge)."""
+def _num_splits(row_blocks: int, vocab_tiles: int, device: torch.device, programs_per_sm: int) -> int:
+    """Vocab splits so the forward grid has ~programs_per_sm programs per SM (2 splits on the interpreter, to test
+    the merge)."""
     if device.type == "cuda":
-        wanted = triton.cdiv(4 * torch.cuda.get_device_properties(device).multi_processor_count, row_blocks)
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        wanted = triton.cdiv(programs_per_sm * sms, row_blocks)
     else:
         wanted = 2
     tiles_per_split = triton.cdiv(vocab_tiles, max(1, min(wanted, vocab_tiles)))
@@ -257,10 +272,10 @@ def _forward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor
     """(lse [N], label logit [N]), both fp32."""
     n, h = hidden.shape
     v = weight.shape[0]
-    cfg = configs.logits
+    cfg = configs.forward
     row_blocks = triton.cdiv(n, cfg.block_m)
     vocab_tiles = triton.cdiv(v, cfg.block_n)
-    splits = _num_splits(row_blocks, vocab_tiles, hidden.device)
+    splits = _num_splits(row_blocks, vocab_tiles, hidden.device, configs.forward_programs_per_sm)
     partial = torch.empty((3, splits, n), dtype=torch.float32, device=hidden.device)
     _lse_partial_kernel[(row_blocks * splits,)](
         hidden, weight, bias if bias is not None else hidden, labels, partial[0], partial[1], partial[2],
@@ -288,7 +303,7 @@ def _backward(grad_out: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor | N
     need_hidden, need_weight, need_bias = needs
     n, h = hidden.shape
     v = weight.shape[0]
-    cfg, gh_cfg = configs.logits, configs.grad_hidden
+    cfg, gh_cfg = configs.grad_logits, configs.grad_hidden
     chunk = vocab_chunk or default_vocab_chunk(n, v, hidden.dtype, cfg.block_n)
     row_blocks = triton.cdiv(n, cfg.block_m)
     grad_hidden = torch.empty_like(hidden) if need_hidden else None
@@ -331,8 +346,8 @@ def _backward(grad_out: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor | N
 class TritonLabelLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, softcap: float | None,
-                ignore_index: int, vocab_chunk: int | None) -> Tensor:
-        configs = kernel_configs(hidden.device, hidden.dtype)
+                ignore_index: int, vocab_chunk: int | None, configs: KernelConfigs | None) -> Tensor:
+        configs = configs or kernel_configs(hidden.device, hidden.dtype)
         lse, label_logit = _forward(hidden, weight, bias, labels, softcap, configs)
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
         ctx.softcap, ctx.ignore_index, ctx.vocab_chunk, ctx.configs = softcap, ignore_index, vocab_chunk, configs
@@ -343,14 +358,16 @@ class TritonLabelLogprobs(torch.autograd.Function):
         hidden, weight, bias, labels, lse = ctx.saved_tensors
         grads = _backward(grad_out.float().contiguous(), hidden, weight, bias, labels, lse, ctx.softcap,
                           ctx.ignore_index, ctx.vocab_chunk, tuple(ctx.needs_input_grad[:3]), ctx.configs)
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 
 def triton_label_logprobs(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None, softcap: float | None,
-                          ignore_index: int, vocab_chunk: int | None = None) -> Tensor:
+                          ignore_index: int, vocab_chunk: int | None = None,
+                          configs: KernelConfigs | None = None) -> Tensor:
     """Inputs already validated by `mpo_dist.kernels.label_logprobs`. `vocab_chunk` (columns of the backward's
-    grad-logit buffer) defaults to what fits GRAD_LOGITS_BUDGET_BYTES; tests set it small to cover several chunks."""
+    grad-logit buffer) defaults to what fits GRAD_LOGITS_BUDGET_BYTES; tests set it small to cover several chunks.
+    `configs` defaults to `kernel_configs(device, dtype)`; the benchmark's tile sweep passes candidates."""
     if not hidden.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("the triton backend needs CUDA tensors, or TRITON_INTERPRET=1 (set before importing "
                            "triton) to run on the CPU; use backend='torch' on the CPU otherwise")
-    return TritonLabelLogprobs.apply(hidden, weight, bias, labels, softcap, ignore_index, vocab_chunk)
+    return TritonLabelLogprobs.apply(hidden, weight, bias, labels, softcap, ignore_index, vocab_chunk, configs)
