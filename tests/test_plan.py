@@ -118,7 +118,7 @@ def test_tiny_plan_by_hand(shapes):
     # + lse 4 B x 4 heads = 528; MLP 4 x 2 B x 128 = 1024 -> 2320 B
     expected_gpu = {
         "bf16 parameter shard": 2 * shard,
-        "bf16 gradient shard": 2 * shard,
+        "fp32 gradient shard": 4 * shard,  # grad_accum_dtype fp32, as in the shipped templates
         "fp32 master weights + Adam m, v": 12 * shard,
         "gradient reduce bucket": 2 * 1000,
         "CUDA context + fragmentation allowance": 3 * GIB,
@@ -128,13 +128,13 @@ def test_tiny_plan_by_hand(shapes):
         "activation gradients in flight": tokens * 2 * (3 * 128 + 2 * 64),
         "final norm": tokens * 6 * 64,
         "log-prob head workspace": 16 * 1000 * 8 + tokens * 64 * 4,
-        "fp32 gradients of one optimizer sub-group": 6 * (1000 + 32_000),  # sub-group + one module shard
+        "fp32 gradients of one optimizer sub-group": 4 * (1000 + 32_000),  # sub-group + one module shard
         "reference: gathered parameters": 4 * 64_000,
         "reference: one layer's no-grad transients": 16 * 2 * (3 * 128 + 3 * 64),  # 2 sequences x 8 tokens
         "reference: log-prob head workspace": 16 * 1000 * 4,
     }
     assert _bytes_by_name(plan.gpu) == expected_gpu
-    persistent = 16 * shard + 2000 + 3 * GIB
+    persistent = 18 * shard + 2000 + 3 * GIB
     forward_backward = 256_000 + 8192 + 74_240 + 32_768 + 12_288 + 136_192
     assert plan.gpu_peak_bytes == persistent + forward_backward
     assert _bytes_by_name(plan.cpu) == {"rank processes (host runtime allowance)": 2 * 4 * GIB,
@@ -149,7 +149,11 @@ def test_tiny_plan_options_by_hand(shapes):
     assert offloaded == {"rank processes (host runtime allowance)": 2 * 4 * GIB,
                          "offloaded fp32 master weights + Adam m, v": 12 * 2 * 101_024,
                          "offloaded fp32 gradients": 4 * 2 * 101_024,
-                         "offloaded bf16 gradient shard": 2 * 2 * 101_024}
+                         "offloaded fp32 gradient shard": 4 * 2 * 101_024}
+    half_accumulation = _bytes_by_name(plan_memory(shapes["tiny"], PlanSettings(**base, grad_accum_dtype="bf16")).gpu)
+    assert half_accumulation["bf16 gradient shard"] == 2 * 101_024
+    # the half gradients are flattened (2 B), then converted to fp32 (4 B); the sub-group is the whole shard here
+    assert half_accumulation["fp32 gradients of one optimizer sub-group"] == 6 * 101_024
     no_checkpointing = _bytes_by_name(plan_memory(shapes["tiny"], PlanSettings(
         **base, activation_checkpointing=False, attention="eager")).gpu)
     eager_scores = 4 * 4 * 8 * 8 * (4 + 2)  # sequences x heads x seq^2 x (fp32 softmax + bf16 probabilities)
@@ -172,30 +176,34 @@ def test_offloaded_model_states_agree_with_deepspeed_estimator(shapes, model, no
     assert abs(check.gpu_relative_difference) <= 0.05
 
 
+@pytest.mark.parametrize("model, nodes, gpus", [("tiny", 1, 1), ("tiny", 1, 2), ("8b", 1, 8), ("8b", 2, 8),
+                                                ("70b", 4, 8), ("70b", 8, 8)])
+def test_model_states_agree_with_deepspeed_estimator_with_fp32_gradient_accumulation(shapes, model, nodes, gpus):
+    """The shipped templates accumulate gradients in fp32: 18 B/param, which is what DeepSpeed's estimator assumes."""
+    check = compare_with_deepspeed(shapes[model], nodes, gpus, offload_optimizer=False)
+    assert abs(check.gpu_relative_difference) <= 0.05
+
+
 @pytest.mark.parametrize("model, nodes, gpus", [("tiny", 1, 1), ("8b", 1, 8), ("70b", 4, 8)])
-def test_no_offload_difference_from_deepspeed_estimator_is_its_gradient_accounting(shapes, model, nodes, gpus):
-    """Without offload the 5 % agreement does not hold, and should not: DeepSpeed's estimator charges
-    18 B/param (fp32 gradients for the whole shard, persistent) + 4 B x largest layer, while DeepSpeed's
-    optimizer (see the live-engine test below) keeps 16 B/param and builds fp32 gradients from a flat bf16
-    copy (6 B/element) one sub-group at a time inside step(), when gathered parameters are released.
-    So planner - DeepSpeed = max(6 B x sub-group - 4 B x largest layer, 0) - 2 B x shard, exactly."""
+def test_half_gradient_accumulation_is_two_bytes_per_param_below_the_estimator(shapes, model, nodes, gpus):
+    """With grad_accum_dtype = bf16 DeepSpeed keeps a 2 B gradient shard (see the live-engine test), while its
+    estimator always charges 4 B: the difference is exactly 2 B x shard (up to the estimator's integer rounding)."""
     shape = shapes[model]
-    world = nodes * gpus
-    check = compare_with_deepspeed(shape, nodes, gpus, offload_optimizer=False)
-    sub_group = optimizer_sub_group_params(shape, world, 1_000_000_000)
-    expected = max(6 * sub_group - 4 * shape.largest_module_params, 0) - 2 * -(-shape.total_params // world)
-    assert check.planner_gpu_bytes - check.deepspeed_gpu_bytes == pytest.approx(expected, abs=64)
+    check = compare_with_deepspeed(shape, nodes, gpus, offload_optimizer=False, grad_accum_dtype="bf16")
+    shard = -(-shape.total_params // (nodes * gpus))
+    assert check.deepspeed_gpu_bytes - check.planner_gpu_bytes == pytest.approx(2 * shard, abs=64)
 
 
 LIVE_ENGINE_SCRIPT = r"""
 import json, os, sys, torch, deepspeed
 from transformers import AutoConfig, AutoModelForCausalLM
-config = json.loads(sys.argv[1]); model_type = config.pop("model_type")
+config = json.loads(sys.argv[1]); model_type = config.pop("model_type"); grad_accum_dtype = sys.argv[2]
 torch.manual_seed(0)
 model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config))
 ds_config = {"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True},
              "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
-             "zero_optimization": {"stage": 3, "sub_group_size": 50000, "reduce_bucket_size": 12345}}
+             "zero_optimization": {"stage": 3, "sub_group_size": 50000, "reduce_bucket_size": 12345},
+             "data_types": {"grad_accum_dtype": grad_accum_dtype}}
 engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
 ids = torch.randint(0, 1000, (1, 16))
 engine.backward(engine(input_ids=ids, labels=ids).loss); engine.step()
@@ -218,25 +226,32 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_persistent_model_states_match_a_live_deepspeed_engine(shapes):
+@pytest.mark.parametrize("grad_accum_dtype", ["fp32", "bf16"])
+def test_persistent_model_states_match_a_live_deepspeed_engine(shapes, grad_accum_dtype):
     """One-rank ZeRO-3 engine on CPU: the bytes it really holds are the bytes the planner charges."""
     env = os.environ | {"DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
                         "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "PYTHONPATH": str(REPO_ROOT)}
-    completed = subprocess.run([sys.executable, "-c", LIVE_ENGINE_SCRIPT, json.dumps(TINY_CONFIG)], env=env,
-                               capture_output=True, text=True, timeout=600)
+    completed = subprocess.run([sys.executable, "-c", LIVE_ENGINE_SCRIPT, json.dumps(TINY_CONFIG), grad_accum_dtype],
+                               env=env, capture_output=True, text=True, timeout=600)
     result_lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
     assert result_lines, completed.stdout[-3000:] + completed.stderr[-3000:]
     live = json.loads(result_lines[0].removeprefix("RESULT "))
 
     settings = PlanSettings(nodes=1, gpus_per_node=1, gpu_mem_gib=80, cpu_mem_gib=64, reduce_bucket_size=12345,
-                            sub_group_size=50000)
+                            sub_group_size=50000, grad_accum_dtype=grad_accum_dtype)
     planned = _bytes_by_name(plan_memory(shapes["tiny"], settings).gpu)
     assert planned["bf16 parameter shard"] == live["lp_params"]
-    assert planned["bf16 gradient shard"] == live["grad_partitions"]
+    assert planned[f"{grad_accum_dtype} gradient shard"] == live["grad_partitions"]
     assert planned["fp32 master weights + Adam m, v"] == live["fp32_master_and_adam"]
     assert planned["gradient reduce bucket"] == live["reduce_bucket"]
     assert not any(live["fp32_grads_after_step"])  # fp32 gradients are transient, not persistent
     assert live["largest_sub_group"] <= optimizer_sub_group_params(shapes["tiny"], 1, 50000)
+
+
+@pytest.mark.parametrize("template", ["zero3_policy", "zero3_8b_1node", "zero3_70b", "zero3_70b_offload_optimizer"])
+def test_planner_default_gradient_dtype_is_the_shipped_templates(template):
+    rendered = json.loads((REPO_ROOT / "deepspeed_configs" / f"{template}.json").read_text())
+    assert rendered["data_types"]["grad_accum_dtype"] == PlanSettings(1, 1, 1, 1).grad_accum_dtype
 
 
 # --- the headline plan and the command line ----------------------------------------------------------------

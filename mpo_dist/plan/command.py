@@ -10,6 +10,7 @@ from mpo_dist.plan.memory import (
     DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE,
     DEEPSPEED_DEFAULT_SUB_GROUP_SIZE,
     GIB,
+    GRAD_ACCUM_DTYPES,
     HALF_PRECISION_DTYPES,
     PERSISTENT,
     REFERENCE_MODES,
@@ -41,6 +42,9 @@ def register(subparsers) -> None:
                         help="policy sequences per example: MPO 4 (target chosen/rejected + dominant "
                              "chosen/rejected), DPO family 2 (default 4)")
     parser.add_argument("--dtype", choices=HALF_PRECISION_DTYPES, default="bf16", help="training dtype")
+    parser.add_argument("--grad-accum-dtype", choices=GRAD_ACCUM_DTYPES, default="fp32",
+                        help="DeepSpeed data_types.grad_accum_dtype: fp32 as in the shipped policy templates "
+                             "(4 B/param gradient shard), or the training dtype (2 B/param) (default fp32)")
     parser.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                         help="recompute each decoder layer in backward (default on)")
     parser.add_argument("--offload-optimizer", action="store_true",
@@ -64,7 +68,7 @@ def settings_from_args(args) -> PlanSettings:
     return PlanSettings(
         nodes=args.nodes, gpus_per_node=args.gpus_per_node, gpu_mem_gib=args.gpu_mem, cpu_mem_gib=args.cpu_mem,
         seq_len=args.seq_len, micro_batch=args.micro_batch, sequences_per_example=args.sequences_per_example,
-        dtype=args.dtype, activation_checkpointing=args.activation_checkpointing,
+        dtype=args.dtype, grad_accum_dtype=args.grad_accum_dtype, activation_checkpointing=args.activation_checkpointing,
         offload_optimizer=args.offload_optimizer, reference=args.reference, head_chunk=args.head_chunk,
         attention=args.attention, reduce_bucket_size=args.reduce_bucket_size, sub_group_size=args.sub_group_size)
 
@@ -78,7 +82,7 @@ def run(args) -> int:
         return 2
     plan = plan_memory(shape, settings)
     check = compare_with_deepspeed(shape, settings.nodes, settings.gpus_per_node, settings.offload_optimizer,
-                                   settings.sub_group_size)
+                                   settings.sub_group_size, settings.grad_accum_dtype)
     if args.json:
         print(json.dumps(plan.to_dict() | {"deepspeed_cross_check": check.to_dict()}, indent=2))
     else:
@@ -97,7 +101,7 @@ def render_table(plan: MemoryPlan, check: DeepSpeedCrossCheck) -> str:
         f"hidden {shape.hidden_size}, vocab {shape.vocab_size}, largest module {shape.largest_module_params:,}",
         f"run     {s.nodes} node(s) x {s.gpus_per_node} GPUs = world {s.world_size}; {s.micro_batch} x "
         f"{s.sequences_per_example} sequences x {s.seq_len} tokens = {s.tokens_per_micro_step:,} tokens/GPU; "
-        f"{s.dtype}; activation checkpointing {'on' if s.activation_checkpointing else 'off'}; "
+        f"{s.dtype} ({s.grad_accum_dtype} gradients); activation checkpointing {'on' if s.activation_checkpointing else 'off'}; "
         f"optimizer on {'CPU' if s.offload_optimizer else 'GPU'}; reference {s.reference}; "
         f"head chunk {s.head_chunk or 'Triton'}; attention {s.attention}",
         "",

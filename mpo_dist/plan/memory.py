@@ -3,10 +3,12 @@
 The accounting follows what DeepSpeed 0.19's ZeRO-3 optimizer actually allocates (read from
 runtime/zero/stage3.py and checked against a live engine in tests/test_plan.py):
   * bf16 parameter shard (lp_param_buffer), 2 B/param/world
-  * bf16 gradient shard (grad_partitions_flat_buffer, grad_accum_dtype = model dtype), 2 B/param/world
+  * gradient shard (grad_partitions_flat_buffer) in data_types.grad_accum_dtype: fp32 in the shipped
+    templates (4 B/param/world), the model dtype when unset (2 B)
   * fp32 master weights + Adam m + v, 12 B/param/world
-  * fp32 gradients exist only inside optimizer.step, one sub-group at a time, converted from a flat
-    bf16 copy (6 B x sub-group), or persistently on the CPU (4 B/param/world) with optimizer offload
+  * fp32 gradients for Adam exist only inside optimizer.step, one sub-group at a time: a flat copy of the
+    sub-group's gradients (4 B x sub-group from fp32 accumulation; 2 + 4 B from half accumulation, which
+    is flattened, then converted), or persistently on the CPU (4 B/param/world) with optimizer offload
   * one gradient reduce bucket of reduce_bucket_size elements (bf16) on the GPU
 GPU components are tagged with the phase of the step in which they are live; the peak is
 persistent + the largest phase, because activations, gathered parameters and the optimizer step's
@@ -28,6 +30,7 @@ REFERENCE_SEQUENCES_PER_EXAMPLE = 2  # MPO: dominant chosen + rejected; DPO fami
 DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE = 500_000_000  # zero_optimization.reduce_bucket_size default (elements)
 DEEPSPEED_DEFAULT_SUB_GROUP_SIZE = 1_000_000_000  # zero_optimization.sub_group_size default (elements)
 HALF_PRECISION_DTYPES = ("bf16", "fp16")  # both 2 bytes; ZeRO-3 accounting is identical
+GRAD_ACCUM_DTYPES = ("fp32", *HALF_PRECISION_DTYPES)  # DeepSpeed's data_types.grad_accum_dtype
 REFERENCE_MODES = ("online", "cache", "none")
 ATTENTION_KINDS = ("flash", "eager")
 
@@ -53,6 +56,7 @@ class PlanSettings:
     micro_batch: int = 1
     sequences_per_example: int = 4
     dtype: str = "bf16"
+    grad_accum_dtype: str = "fp32"  # the shipped policy templates' data_types.grad_accum_dtype
     activation_checkpointing: bool = True
     offload_optimizer: bool = False
     reference: str = "online"
@@ -72,10 +76,13 @@ class PlanSettings:
         if not isinstance(self.head_chunk, int) or self.head_chunk < 0:
             raise ValueError(f"head_chunk must be >= 0 tokens (0 = Triton kernel, no logits tile), "
                              f"got {self.head_chunk!r}")
-        for name, allowed in (("dtype", HALF_PRECISION_DTYPES), ("reference", REFERENCE_MODES),
-                              ("attention", ATTENTION_KINDS)):
+        for name, allowed in (("dtype", HALF_PRECISION_DTYPES), ("grad_accum_dtype", GRAD_ACCUM_DTYPES),
+                              ("reference", REFERENCE_MODES), ("attention", ATTENTION_KINDS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.grad_accum_dtype not in ("fp32", self.dtype):
+            raise ValueError(f"grad_accum_dtype must be fp32 or the training dtype {self.dtype}, got "
+                             f"{self.grad_accum_dtype!r} (DeepSpeed supports no other mix)")
 
     @property
     def world_size(self) -> int:
@@ -178,19 +185,26 @@ def optimizer_sub_group_params(shape: ModelShape, world_size: int, sub_group_siz
     return min(shard, sub_group_size + _shard(shape.largest_module_params, world_size))
 
 
+def _bytes_of(dtype: str) -> int:
+    return FP32 if dtype == "fp32" else HALF
+
+
 def model_state_gpu_components(shape: ModelShape, world_size: int, offload_optimizer: bool,
-                               sub_group_size: int) -> list[Component]:
+                               sub_group_size: int, grad_accum_dtype: str) -> list[Component]:
     """Parameters, gradients, optimizer states and gathered parameters on one GPU."""
     P, W = shape.total_params, world_size
     shard = _shard(P, W)
     components = [Component("bf16 parameter shard", HALF * shard, PERSISTENT, f"2 B x {P:,} / {W}")]
     if not offload_optimizer:
         sub_group = optimizer_sub_group_params(shape, W, sub_group_size)
+        grad = _bytes_of(grad_accum_dtype)
+        step_bytes, step_formula = ((FP32, "4 B flat copy") if grad == FP32 else
+                                    (HALF + FP32, "(2 B flat copy + 4 B)"))
         components += [
-            Component("bf16 gradient shard", HALF * shard, PERSISTENT, f"2 B x {P:,} / {W}"),
+            Component(f"{grad_accum_dtype} gradient shard", grad * shard, PERSISTENT, f"{grad} B x {P:,} / {W}"),
             Component("fp32 master weights + Adam m, v", 3 * FP32 * shard, PERSISTENT, f"12 B x {P:,} / {W}"),
-            Component("fp32 gradients of one optimizer sub-group", (HALF + FP32) * sub_group, OPTIMIZER_STEP,
-                      f"(2 B flat copy + 4 B) x {sub_group:,} elements"),
+            Component("fp32 gradients of one optimizer sub-group", step_bytes * sub_group, OPTIMIZER_STEP,
+                      f"{step_formula} x {sub_group:,} elements"),
         ]
     L = shape.largest_module_params
     components.append(Component(
@@ -289,17 +303,19 @@ def fixed_gpu_components(s: PlanSettings) -> list[Component]:
 
 
 def model_state_cpu_components(shape: ModelShape, world_size: int, gpus_per_node: int,
-                               offload_optimizer: bool) -> list[Component]:
+                               offload_optimizer: bool, grad_accum_dtype: str) -> list[Component]:
     """Optimizer offload moves the gradient shard and all fp32 state to pinned host memory, per node."""
     if not offload_optimizer:
         return []
     P, W, G = shape.total_params, world_size, gpus_per_node
     per_node = G * _shard(P, W)
+    grad = _bytes_of(grad_accum_dtype)
     return [
         Component("offloaded fp32 master weights + Adam m, v", 3 * FP32 * per_node, PERSISTENT,
                   f"12 B x {P:,} x {G} / {W}"),
         Component("offloaded fp32 gradients", FP32 * per_node, PERSISTENT, f"4 B x {P:,} x {G} / {W}"),
-        Component("offloaded bf16 gradient shard", HALF * per_node, PERSISTENT, f"2 B x {P:,} x {G} / {W}"),
+        Component(f"offloaded {grad_accum_dtype} gradient shard", grad * per_node, PERSISTENT,
+                  f"{grad} B x {P:,} x {G} / {W}"),
     ]
 
 
@@ -310,12 +326,12 @@ def cpu_components(shape: ModelShape, s: PlanSettings) -> list[Component]:
     if s.reference == "online":
         components.append(Component("reference parameters (offload_param, bf16 shards)",
                                     HALF * G * _shard(P, W), PERSISTENT, f"2 B x {P:,} x {G} / {W}"))
-    return components + model_state_cpu_components(shape, W, G, s.offload_optimizer)
+    return components + model_state_cpu_components(shape, W, G, s.offload_optimizer, s.grad_accum_dtype)
 
 
 def plan_memory(shape: ModelShape, settings: PlanSettings) -> MemoryPlan:
     gpu = (model_state_gpu_components(shape, settings.world_size, settings.offload_optimizer,
-                                      settings.sub_group_size)
+                                      settings.sub_group_size, settings.grad_accum_dtype)
            + fixed_gpu_components(settings)
            + activation_components(shape, settings)
            + reference_gpu_components(shape, settings))
@@ -325,7 +341,11 @@ def plan_memory(shape: ModelShape, settings: PlanSettings) -> MemoryPlan:
 
 @dataclass(frozen=True)
 class DeepSpeedCrossCheck:
-    """Model-state bytes by this planner and by DeepSpeed's own estimator, for the same settings."""
+    """Model-state bytes by this planner and by DeepSpeed's own estimator, for the same settings.
+
+    Model states = what DeepSpeed's estimator covers: the persistent parameter, gradient and optimizer shards plus
+    the gathered parameters of the largest layer. The plan's other GPU terms (activations, buffers, the fp32
+    gradient copy that lives only inside optimizer.step) are working memory, outside both numbers."""
 
     planner_gpu_bytes: int
     deepspeed_gpu_bytes: int
@@ -356,16 +376,22 @@ def deepspeed_model_state_estimate(shape: ModelShape, nodes: int, gpus_per_node:
 
 
 def compare_with_deepspeed(shape: ModelShape, nodes: int, gpus_per_node: int, offload_optimizer: bool,
-                           sub_group_size: int = DEEPSPEED_DEFAULT_SUB_GROUP_SIZE) -> DeepSpeedCrossCheck:
+                           sub_group_size: int = DEEPSPEED_DEFAULT_SUB_GROUP_SIZE,
+                           grad_accum_dtype: str = "fp32") -> DeepSpeedCrossCheck:
     world = nodes * gpus_per_node
-    gpu = model_state_gpu_components(shape, world, offload_optimizer, sub_group_size)
-    cpu = model_state_cpu_components(shape, world, gpus_per_node, offload_optimizer)
+    model_states = [c for c in model_state_gpu_components(shape, world, offload_optimizer, sub_group_size,
+                                                          grad_accum_dtype) if c.phase != OPTIMIZER_STEP]
+    cpu = model_state_cpu_components(shape, world, gpus_per_node, offload_optimizer, grad_accum_dtype)
     deepspeed_gpu, deepspeed_cpu = deepspeed_model_state_estimate(shape, nodes, gpus_per_node, offload_optimizer)
-    notes = ["DeepSpeed's estimator counts 18 B/param (2 B bf16 params + 16 B fp32 master, m, v and gradients, all "
-             "persistent); DeepSpeed's optimizer keeps a 2 B bf16 gradient shard instead and makes fp32 gradients "
-             "one sub-group at a time inside step()"] if not offload_optimizer else [
-             "DeepSpeed's CPU estimate counts 16 B/param (fp32 master, m, v, gradients); the optimizer also keeps "
-             "the 2 B bf16 gradient shard on the CPU"]
-    return DeepSpeedCrossCheck(planner_gpu_bytes=_peak(gpu), deepspeed_gpu_bytes=deepspeed_gpu,
+    if offload_optimizer:
+        notes = ["with optimizer offload the GPU holds only the bf16 parameter shard and gathered layers; DeepSpeed's "
+                 "CPU estimate counts 16 B/param, the optimizer also keeps the gradient shard on the CPU"]
+    elif grad_accum_dtype == "fp32":
+        notes = ["both count 18 B/param (2 B bf16 parameters, 4 B fp32 gradients, 12 B fp32 master + Adam m, v) "
+                 "and the gathered largest layer"]
+    else:
+        notes = [f"DeepSpeed's estimator assumes fp32 gradients (18 B/param); with grad_accum_dtype "
+                 f"{grad_accum_dtype} the gradient shard is 2 B/param, 16 B/param in all"]
+    return DeepSpeedCrossCheck(planner_gpu_bytes=_peak(model_states), deepspeed_gpu_bytes=deepspeed_gpu,
                                planner_cpu_bytes_per_node=sum(c.bytes for c in cpu),
                                deepspeed_cpu_bytes_per_node=deepspeed_cpu, notes=notes)
