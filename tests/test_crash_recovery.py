@@ -150,5 +150,7 @@ def test_hung_rank_is_cut_off_by_the_collective_timeout(tiny_models: dict[str, P
     log = log_file.read_text()
     rank0_errors = [line for line in log.splitlines() if line.startswith("[rank0]:") and "Error" in line]
     assert returncode != 0
-    # gloo words it "Timed out waiting 5000ms for recv/send operation", the store "wait timeout after 5000ms"
-    assert any(re.search(r"(?i)time[ds]? ?out\b.*\b5000 ?ms", line) for line in rank0_errors), rank0_errors or log[-4000:]
+    # Rank 0 gave up within the 300 s guard, which the 30 min default timeout could not do. Gloo words the error
+    # "Timed out waiting 5000ms for recv/send operation" or "Application timeout caused pair closure", the store
+    # "wait timeout after 5000ms".
+    assert any(re.search(r"(?i)\btime[ds]? ?out\b", line) for line in rank0_errors), rank0_errors or log[-4000:]
