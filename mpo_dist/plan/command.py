@@ -68,8 +68,8 @@ def settings_from_args(args) -> PlanSettings:
     return PlanSettings(
         nodes=args.nodes, gpus_per_node=args.gpus_per_node, gpu_mem_gib=args.gpu_mem, cpu_mem_gib=args.cpu_mem,
         seq_len=args.seq_len, micro_batch=args.micro_batch, sequences_per_example=args.sequences_per_example,
-        dtype=args.dtype, grad_accum_dtype=args.grad_accum_dtype, activation_checkpointing=args.activation_checkpointing,
-        offload_optimizer=args.offload_optimizer, reference=args.reference, head_chunk=args.head_chunk,
+        dtype=args.dtype, grad_accum_dtype=args.grad_accum_dtype,
+        activation_checkpointing=args.activation_checkpointing, offload_optimizer=args.offload_optimizer, reference=args.reference, head_chunk=args.head_chunk,
         attention=args.attention, reduce_bucket_size=args.reduce_bucket_size, sub_group_size=args.sub_group_size)
 
 
@@ -101,7 +101,8 @@ def render_table(plan: MemoryPlan, check: DeepSpeedCrossCheck) -> str:
         f"hidden {shape.hidden_size}, vocab {shape.vocab_size}, largest module {shape.largest_module_params:,}",
         f"run     {s.nodes} node(s) x {s.gpus_per_node} GPUs = world {s.world_size}; {s.micro_batch} x "
         f"{s.sequences_per_example} sequences x {s.seq_len} tokens = {s.tokens_per_micro_step:,} tokens/GPU; "
-        f"{s.dtype} ({s.grad_accum_dtype} gradients); activation checkpointing {'on' if s.activation_checkpointing else 'off'}; "
+        f"{s.dtype} ({s.grad_accum_dtype} gradients); "
+        f"activation checkpointing {'on' if s.activation_checkpointing else 'off'}; "
         f"optimizer on {'CPU' if s.offload_optimizer else 'GPU'}; reference {s.reference}; "
         f"head chunk {s.head_chunk or 'Triton'}; attention {s.attention}",
         "",
