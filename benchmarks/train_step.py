@@ -1,8 +1,8 @@
 """Benchmark one MPO training step on one GPU: mpo-dist against a naive MPO step, both under DeepSpeed ZeRO-3.
 
 Model: a random-init Llama (default hidden 2048, 16 layers, 32 heads / 8 KV heads, MLP 8192, vocab 128256, untied:
-1.50 B parameters), bf16, activation checkpointing on every decoder layer (except mpo-dist-no-ckpt). Batch: `--pairs`
-MPO examples per step, each 4 sequences (target chosen / rejected, dominant chosen / rejected) of
+1.50 B parameters), bf16, activation checkpointing on every decoder layer (except the mpo-dist-*-ckpt rows).
+Batch: `--pairs` MPO examples per step, each 4 sequences (target chosen / rejected, dominant chosen / rejected) of
 `--min-length`..`--seq-len` tokens, a quarter of each the prompt. The same batch is used every step.
 
   mpo-dist  the library's step (what Trainer.micro_step runs): AlignmentModel with the fused log-prob head (Triton on
@@ -10,10 +10,12 @@ MPO examples per step, each 4 sequences (target chosen / rejected, dominant chos
             (mpo-dist precompute-ref's format), optional packing (data.packing: on by default only with
             flash_attention_2, whose varlen kernel keeps attention inside each sequence; sdpa would attend over the
             whole packed row through a mask).
-  mpo-dist-no-ckpt  the same without activation checkpointing: the memory the fused head and the cache save
-            (no [tokens, vocab] float32 logits, no reference activations) pays for keeping every layer's activations,
-            which removes the recomputation (~1/4 of the step's FLOPs). `mpo-dist plan --no-activation-checkpointing`
-            estimates its peak; the goal compares it with the naive step's measured peak.
+  mpo-dist-half-ckpt  only the first half of the decoder layers checkpointed (model.checkpointed_layers =
+            layers / 2): half the recomputation for half the extra activation memory.
+  mpo-dist-no-ckpt  no activation checkpointing: the memory the fused head and the cache save (no [tokens, vocab]
+            float32 logits, no reference activations) pays for keeping every layer's activations, which removes the
+            recomputation (~1/4 of the step's FLOPs). `mpo-dist plan --no-activation-checkpointing` (or
+            `--checkpointed-layers N`) estimates the peak; the goal compares it with the naive step's measured peak.
   naive     written here: the Hugging Face model's full logits materialised in float32 + log_softmax + gather, the
             reference model run on the dominant pair EVERY step (a second ZeRO-3 engine with offload_param=cpu, or
             --naive-reference gpu: a plain bf16 copy on the GPU), a padded batch.
@@ -165,8 +167,9 @@ def timed(step: Callable[[], float], args: argparse.Namespace, device: torch.dev
 
 # ---- mpo-dist -------------------------------------------------------------------------------------------------------
 def mpo_dist_step(args: argparse.Namespace, model_dir: Path, examples: list, dtype_name: str,
-                  device: torch.device, checkpointing: bool = True) -> Callable[[], float]:
-    """The library's micro-step with the reference terms from a cache."""
+                  device: torch.device, checkpointed_layers: int = -1) -> Callable[[], float]:
+    """The library's micro-step with the reference terms from a cache; `checkpointed_layers` as in the model config
+    (-1 = all decoder layers, 0 = no activation checkpointing)."""
     from mpo_dist.config import load_config
     from mpo_dist.data.collate import PreferenceCollator
     from mpo_dist.engine.ds_config import render_policy_config, render_reference_config
@@ -179,7 +182,8 @@ def mpo_dist_step(args: argparse.Namespace, model_dir: Path, examples: list, dty
     cache_dir = model_dir.parent / "reference_cache"
     cache_dir.mkdir(exist_ok=True)
     config = load_config(None, [
-        f"model.path={model_dir}", f"model.dtype={dtype_name}", f"model.gradient_checkpointing={checkpointing}",
+        f"model.path={model_dir}", f"model.dtype={dtype_name}", f"model.gradient_checkpointing={checkpointed_layers != 0}",
+        f"model.checkpointed_layers={checkpointed_layers}",
         f"model.attn_implementation={args.attn}", f"data.packing={args.packing == 'on'}",
         f"data.max_length={args.seq_len}", f"data.max_prompt_length={args.seq_len // 2}", "loss.name=mpo",
         f"train.micro_batch_size={args.pairs}", "engine.reference=cache", f"engine.reference_cache={cache_dir}",
@@ -202,7 +206,9 @@ def mpo_dist_step(args: argparse.Namespace, model_dir: Path, examples: list, dty
     cache = ReferenceCache.open(cache_dir, {}, device)
 
     policy_ds = render_policy_config(config, world_size=1, dtype=dtype_name, hidden_size=args.hidden, on_gpu=on_gpu)
-    model = build_alignment_model(str(model_dir), policy_ds, dtype, gradient_checkpointing=checkpointing, **common)
+    model = build_alignment_model(str(model_dir), policy_ds, dtype,
+                                  gradient_checkpointing=config.model.gradient_checkpointing,
+                                  checkpointed_layers=config.model.checkpointed_layers, **common)
     policy = PolicyEngine(model, policy_ds, lambda step: 1.0)
 
     def step() -> float:
@@ -280,7 +286,8 @@ def naive_step(args: argparse.Namespace, model_dir: Path, examples: list, dtype_
 
 METHODS: dict[str, Callable[..., Callable[[], float]]] = {
     "mpo-dist": mpo_dist_step,
-    "mpo-dist-no-ckpt": lambda *args: mpo_dist_step(*args, checkpointing=False),
+    "mpo-dist-half-ckpt": lambda args, *rest: mpo_dist_step(args, *rest, checkpointed_layers=args.layers // 2),
+    "mpo-dist-no-ckpt": lambda *args: mpo_dist_step(*args, checkpointed_layers=0),
     "naive": naive_step,
 }
 

@@ -36,6 +36,7 @@ class ModelConfig:
     logprob_backend: str = "auto"  # auto | triton | torch; auto = triton on GPU, chunked torch on CPU
     logprob_chunk_size: int = 1024  # rows per chunk of the torch log-prob twin
     gradient_checkpointing: bool = False
+    checkpointed_layers: int = -1  # with gradient_checkpointing: recompute only the first N decoder layers; -1 = all
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
 
 
@@ -263,6 +264,9 @@ def validate(config: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
+    if config.model.checkpointed_layers < -1:
+        raise ConfigError(f"model.checkpointed_layers: must be -1 (all layers) or a number of layers >= 0, "
+                          f"got {config.model.checkpointed_layers}")
     if config.train.epochs <= 0 and config.train.max_steps <= 0:
         raise ConfigError("train.epochs / train.max_steps: one of them must be > 0")
     if config.data.max_prompt_length >= config.data.max_length:

@@ -159,6 +159,12 @@ def test_tiny_plan_options_by_hand(shapes):
     eager_scores = 4 * 4 * 8 * 8 * (4 + 2)  # sequences x heads x seq^2 x (fp32 softmax + bf16 probabilities)
     assert no_checkpointing["all layers' activations"] == 2 * (32 * 2320 + eager_scores)
     assert "checkpointed layer inputs" not in no_checkpointing
+    first_layer_only = _bytes_by_name(plan_memory(shapes["tiny"], PlanSettings(**base, checkpointed_layers=1)).gpu)
+    assert first_layer_only["checkpointed layer inputs"] == 1 * 32 * 64 * 2
+    assert first_layer_only["one recomputed layer's activations"] == 32 * 2320
+    assert first_layer_only["activations of the layers not checkpointed"] == 1 * 32 * 2320
+    with pytest.raises(ValueError, match="more than the model's 2 decoder layers"):
+        plan_memory(shapes["tiny"], PlanSettings(**base, checkpointed_layers=3))
     triton = _bytes_by_name(plan_memory(shapes["tiny"], PlanSettings(**base | {"head_chunk": 0})).gpu)
     assert triton["log-prob head workspace (Triton kernel)"] == 32 * 8
 

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from mpo_dist.data.collate import Batch
+from mpo_dist.models.activation_checkpointing import enable_activation_checkpointing
 from mpo_dist.models.alignment_model import AlignmentModel, ModelOutputs
 
 
@@ -208,7 +209,8 @@ class ReferenceEngine:
 
 def build_alignment_model(model_dir: str, ds_config: dict, dtype: torch.dtype, *, attn_implementation: str,
                           logprob_backend: str, logprob_chunk_size: int, gradient_checkpointing: bool = False,
-                          mlc_dim: int = 0, mlc_layer: int = -1, seed: int = 0) -> AlignmentModel:
+                          checkpointed_layers: int = -1, mlc_dim: int = 0, mlc_layer: int = -1,
+                          seed: int = 0) -> AlignmentModel:
     """The causal LM loaded into ZeRO-3 partitions, its head swapped for the log-prob head, and (mlc_dim > 0) a
     freshly initialised MLC projection created under the same partitioning so ZeRO-3 shards and checkpoints it too."""
     import deepspeed
@@ -218,7 +220,7 @@ def build_alignment_model(model_dir: str, ds_config: dict, dtype: torch.dtype, *
 
     causal_lm = load_causal_lm(model_dir, ds_config, dtype, attn_implementation)
     if gradient_checkpointing:
-        causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(causal_lm, checkpointed_layers)
     projection = None
     if mlc_dim > 0:
         torch.manual_seed(seed)

@@ -47,6 +47,9 @@ def register(subparsers) -> None:
                              "(4 B/param gradient shard), or the training dtype (2 B/param) (default fp32)")
     parser.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                         help="recompute each decoder layer in backward (default on)")
+    parser.add_argument("--checkpointed-layers", type=int, default=-1,
+                        help="with activation checkpointing, only the first N decoder layers are recomputed "
+                             "(model.checkpointed_layers); -1 = all (default)")
     parser.add_argument("--offload-optimizer", action="store_true",
                         help="ZeRO-3 offload_optimizer=cpu: gradients and fp32 states live in host memory")
     parser.add_argument("--reference", choices=REFERENCE_MODES, default="online",
@@ -69,7 +72,8 @@ def settings_from_args(args) -> PlanSettings:
         nodes=args.nodes, gpus_per_node=args.gpus_per_node, gpu_mem_gib=args.gpu_mem, cpu_mem_gib=args.cpu_mem,
         seq_len=args.seq_len, micro_batch=args.micro_batch, sequences_per_example=args.sequences_per_example,
         dtype=args.dtype, grad_accum_dtype=args.grad_accum_dtype,
-        activation_checkpointing=args.activation_checkpointing, offload_optimizer=args.offload_optimizer, reference=args.reference, head_chunk=args.head_chunk,
+        activation_checkpointing=args.activation_checkpointing, checkpointed_layers=args.checkpointed_layers,
+        offload_optimizer=args.offload_optimizer, reference=args.reference, head_chunk=args.head_chunk,
         attention=args.attention, reduce_bucket_size=args.reduce_bucket_size, sub_group_size=args.sub_group_size)
 
 
@@ -77,10 +81,10 @@ def run(args) -> int:
     try:
         settings = settings_from_args(args)
         shape = load_model_shape(args.model)
+        plan = plan_memory(shape, settings)
     except ValueError as error:  # ModelSpecError included
         print(f"mpo-dist plan: error: {error}", file=sys.stderr)
         return 2
-    plan = plan_memory(shape, settings)
     check = compare_with_deepspeed(shape, settings.nodes, settings.gpus_per_node, settings.offload_optimizer,
                                    settings.sub_group_size, settings.grad_accum_dtype)
     if args.json:
@@ -94,6 +98,12 @@ def _gib(num_bytes: int) -> str:
     return f"{num_bytes / GIB:8.2f}"
 
 
+def _checkpointing_text(s: PlanSettings) -> str:
+    if not s.activation_checkpointing:
+        return "off"
+    return "on" if s.checkpointed_layers == -1 else f"on for the first {s.checkpointed_layers} layers"
+
+
 def render_table(plan: MemoryPlan, check: DeepSpeedCrossCheck) -> str:
     shape, s = plan.shape, plan.settings
     lines = [
@@ -102,7 +112,7 @@ def render_table(plan: MemoryPlan, check: DeepSpeedCrossCheck) -> str:
         f"run     {s.nodes} node(s) x {s.gpus_per_node} GPUs = world {s.world_size}; {s.micro_batch} x "
         f"{s.sequences_per_example} sequences x {s.seq_len} tokens = {s.tokens_per_micro_step:,} tokens/GPU; "
         f"{s.dtype} ({s.grad_accum_dtype} gradients); "
-        f"activation checkpointing {'on' if s.activation_checkpointing else 'off'}; "
+        f"activation checkpointing {_checkpointing_text(s)}; "
         f"optimizer on {'CPU' if s.offload_optimizer else 'GPU'}; reference {s.reference}; "
         f"head chunk {s.head_chunk or 'Triton'}; attention {s.attention}",
         "",

@@ -58,6 +58,7 @@ class PlanSettings:
     dtype: str = "bf16"
     grad_accum_dtype: str = "fp32"  # the shipped policy templates' data_types.grad_accum_dtype
     activation_checkpointing: bool = True
+    checkpointed_layers: int = -1  # with activation checkpointing: the first N decoder layers only; -1 = all
     offload_optimizer: bool = False
     reference: str = "online"
     head_chunk: int = 4096
@@ -73,6 +74,9 @@ class PlanSettings:
         for name in ("gpu_mem_gib", "cpu_mem_gib"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number of GiB, got {getattr(self, name)!r}")
+        if not isinstance(self.checkpointed_layers, int) or self.checkpointed_layers < -1:
+            raise ValueError(f"checkpointed_layers must be -1 (all) or a number of layers >= 0, "
+                             f"got {self.checkpointed_layers!r}")
         if not isinstance(self.head_chunk, int) or self.head_chunk < 0:
             raise ValueError(f"head_chunk must be >= 0 tokens (0 = Triton kernel, no logits tile), "
                              f"got {self.head_chunk!r}")
@@ -237,6 +241,16 @@ def _logits_tile_bytes_per_element(shape: ModelShape, backward: bool) -> int:
     return FP32 * (2 if backward else 1) + (FP32 if shape.final_logit_softcap else 0)
 
 
+def checkpointed_layer_count(shape: ModelShape, s: PlanSettings) -> int:
+    """Decoder layers whose activations are recomputed in backward."""
+    if not s.activation_checkpointing:
+        return 0
+    if s.checkpointed_layers > shape.n_layers:
+        raise ValueError(f"checkpointed_layers {s.checkpointed_layers} is more than the model's {shape.n_layers} "
+                         f"decoder layers")
+    return shape.n_layers if s.checkpointed_layers == -1 else s.checkpointed_layers
+
+
 def activation_components(shape: ModelShape, s: PlanSettings) -> list[Component]:
     tokens, h, i = s.tokens_per_micro_step, shape.hidden_size, shape.intermediate_size
     sequences = s.micro_batch * s.sequences_per_example
@@ -246,15 +260,21 @@ def activation_components(shape: ModelShape, s: PlanSettings) -> list[Component]
     tokens_text = f"{tokens:,} tokens"
     layer_formula = (f"{tokens_text} x {_layer_saved_bytes_per_token(shape):,} B"
                      + (" + eager attention scores" if s.attention == "eager" else ""))
-    if s.activation_checkpointing:
-        components = [
-            Component("checkpointed layer inputs", shape.n_layers * tokens * HALF * h, FORWARD_BACKWARD,
-                      f"{shape.n_layers} layers x {tokens_text} x {h} x 2 B"),
+    checkpointed = checkpointed_layer_count(shape, s)
+    components = []
+    if checkpointed:
+        components += [
+            Component("checkpointed layer inputs", checkpointed * tokens * HALF * h, FORWARD_BACKWARD,
+                      f"{checkpointed} layers x {tokens_text} x {h} x 2 B"),
             Component("one recomputed layer's activations", layer, FORWARD_BACKWARD, layer_formula),
         ]
-    else:
-        components = [Component("all layers' activations", shape.n_layers * layer, FORWARD_BACKWARD,
-                                f"{shape.n_layers} layers x {layer_formula}")]
+    kept = shape.n_layers - checkpointed
+    if kept == shape.n_layers:
+        components.append(Component("all layers' activations", kept * layer, FORWARD_BACKWARD,
+                                    f"{kept} layers x {layer_formula}"))
+    elif kept:
+        components.append(Component("activations of the layers not checkpointed", kept * layer, FORWARD_BACKWARD,
+                                    f"{kept} layers x {layer_formula}"))
     components += [
         Component("activation gradients in flight", tokens * HALF * (3 * i + 2 * h), FORWARD_BACKWARD,
                   f"{tokens_text} x 2 B x (3 x {i} + 2 x {h})"),

@@ -129,8 +129,8 @@ class Trainer:
             ds_config = with_universal_loading(ds_config)
         model = build_alignment_model(
             config.model.path, ds_config, DTYPES[self.dtype_name], gradient_checkpointing=config.model.gradient_checkpointing,
-            mlc_dim=config.mlc.dim if config.mlc.enabled else 0, mlc_layer=config.mlc.layer, seed=config.train.seed,
-            **model_options(config),
+            checkpointed_layers=config.model.checkpointed_layers, mlc_dim=config.mlc.dim if config.mlc.enabled else 0,
+            mlc_layer=config.mlc.layer, seed=config.train.seed, **model_options(config),
         )
         lr_factor = warmup_cosine(config.optim.warmup_ratio, self.total_steps, config.optim.min_lr_ratio)
         return PolicyEngine(model, ds_config, lr_factor)
