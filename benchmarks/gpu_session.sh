@@ -7,11 +7,13 @@
 #   bash benchmarks/gpu_session.sh "$OUT" kernel   # compiled-kernel tests + kernel benchmark   (~2 min)
 #   bash benchmarks/gpu_session.sh "$OUT" sweep    # tile-config sweep of the Triton kernel      (~5 min)
 #   bash benchmarks/gpu_session.sh "$OUT" train    # MPO train-step benchmark                    (~5 min)
+# Arguments after the part go to the benchmark script (e.g. `train --methods mpo-dist naive`).
 # Each part stays under the device tool's 10-minute limit per command. Full logs go to OUT; the tables are printed
 # last. The exit status is the number of failed steps.
 set -uo pipefail
 out=${1:?usage: gpu_session.sh OUT_DIR kernel|sweep|train}
 part=${2:?usage: gpu_session.sh OUT_DIR kernel|sweep|train}
+shift 2  # the rest goes to the benchmark script
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 
@@ -38,16 +40,16 @@ case "$part" in
   kernel)
     step "kernel tests (compiled on the GPU)" kernel_tests.log \
       python3 -m pytest -q -p no:cacheprovider tests/test_kernel_logprob_triton.py tests/test_kernel_logprob_torch.py
-    step "kernel benchmark" logprob_kernel.log python3 benchmarks/logprob_kernel.py --n 4096 16384
+    step "kernel benchmark" logprob_kernel.log python3 benchmarks/logprob_kernel.py --n 4096 16384 "$@"
     tail -n 3 "$out/kernel_tests.log"
     grep "reference gradients" "$out/logprob_kernel.log"; sed -n '/^| N |/,$p' "$out/logprob_kernel.log"
     ;;
   sweep)
-    step "tile sweep" logprob_sweep.log python3 benchmarks/logprob_kernel.py --n 16384 --sweep --repeats 5
+    step "tile sweep" logprob_sweep.log python3 benchmarks/logprob_kernel.py --n 16384 --sweep --repeats 5 "$@"
     grep "reference gradients" "$out/logprob_sweep.log"; sed -n '/^| N |/,$p' "$out/logprob_sweep.log"
     ;;
   train)
-    step "train-step benchmark" train_step.log python3 benchmarks/train_step.py --json "$out/train_step.json"
+    step "train-step benchmark" train_step.log python3 benchmarks/train_step.py --json "$out/train_step.json" "$@"
     tail -n 12 "$out/train_step.log"
     ;;
   *)

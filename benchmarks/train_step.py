@@ -232,13 +232,14 @@ def naive_step(args: argparse.Namespace, model_dir: Path, examples: list, dtype_
     from mpo_dist.data.collate import PreferenceCollator
     from mpo_dist.engine.ds_config import render_policy_config, render_reference_config
     from mpo_dist.engine.zero3_loading import DTYPES, load_causal_lm
+    from mpo_dist.models.activation_checkpointing import enable_activation_checkpointing
 
     config = load_config(None, [f"model.path={model_dir}", f"model.dtype={dtype_name}",
                                 f"train.micro_batch_size={args.pairs}"])
     dtype, on_gpu = DTYPES[dtype_name], device.type == "cuda"
     policy_ds = render_policy_config(config, world_size=1, dtype=dtype_name, hidden_size=args.hidden, on_gpu=on_gpu)
     hf_policy = load_causal_lm(model_dir, policy_ds, dtype, args.attn)
-    hf_policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_activation_checkpointing(hf_policy)
     policy, _, _, _ = deepspeed.initialize(model=hf_policy, model_parameters=list(hf_policy.parameters()), config=policy_ds)
     if args.naive_reference == "offload":
         reference_ds = render_reference_config(config, world_size=1, dtype=dtype_name, hidden_size=args.hidden, on_gpu=on_gpu)

@@ -18,7 +18,11 @@ def enable_activation_checkpointing(causal_lm: nn.Module, checkpointed_layers: i
     if checkpointed_layers > len(layers):
         raise ValueError(f"model.checkpointed_layers: {checkpointed_layers} is more than the model's "
                          f"{len(layers)} decoder layers (-1 = all)")
-    causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable = getattr(causal_lm, "activation_checkpointing_enable", None)  # newer transformers' name for it
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     keep = len(layers) if checkpointed_layers == -1 else checkpointed_layers
     for layer in layers[keep:]:
         layer.gradient_checkpointing = False  # read per call by GradientCheckpointingLayer
