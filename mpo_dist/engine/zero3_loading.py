@@ -46,30 +46,32 @@ def _copy_into_partition(param: torch.nn.Parameter, full: torch.Tensor) -> None:
 
 
 def load_weights_into_zero3(model: PreTrainedModel, model_dir: Path) -> None:
+    """Fill every parameter from the checkpoint, one shard file open at a time: a rank's host memory holds its
+    partitions, one full tensor and the pages of one memory-mapped shard, never the whole checkpoint."""
     index = safetensors_index(model_dir)
-    handles: dict[Path, object] = {}
-    try:
-        for name, param in model.named_parameters():
-            if name not in index:
-                raise KeyError(f"{model_dir}: the checkpoint has no tensor {name!r} that the model needs")
-            shard = index[name]
-            if shard not in handles:
-                handles[shard] = safe_open(str(shard), framework="pt")
-            full = handles[shard].get_tensor(name)  # type: ignore[attr-defined]
-            if hasattr(param, "ds_tensor"):
-                _copy_into_partition(param, full)
-            else:
-                with torch.no_grad():
-                    param.copy_(full.to(param.dtype))
-    finally:
-        handles.clear()
+    names_by_shard: dict[Path, list[str]] = {}
+    for name, _ in model.named_parameters():
+        if name not in index:
+            raise KeyError(f"{model_dir}: the checkpoint has no tensor {name!r} that the model needs")
+        names_by_shard.setdefault(index[name], []).append(name)
+    params = dict(model.named_parameters())
+    for shard, names in names_by_shard.items():
+        with safe_open(str(shard), framework="pt") as handle:
+            for name in names:
+                full = handle.get_tensor(name)
+                if hasattr(params[name], "ds_tensor"):
+                    _copy_into_partition(params[name], full)
+                else:
+                    with torch.no_grad():
+                        params[name].copy_(full.to(params[name].dtype))
+                del full
 
 
-def load_causal_lm(model_dir: str | Path, ds_config: dict, dtype: torch.dtype, attn_implementation: str) -> PreTrainedModel:
-    """Build `model_dir`'s architecture partitioned under ZeRO-3 (per `ds_config`) and fill it from its safetensors."""
+def partitioned_causal_lm(model_dir: Path, ds_config: dict, dtype: torch.dtype,
+                          attn_implementation: str) -> PreTrainedModel:
+    """`model_dir`'s architecture created under ZeRO-3 (per `ds_config`): partitioned, its weights not yet loaded."""
     import deepspeed
 
-    model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a Hugging Face model directory (no config.json)")
     config = AutoConfig.from_pretrained(model_dir)
@@ -79,5 +81,11 @@ def load_causal_lm(model_dir: str | Path, ds_config: dict, dtype: torch.dtype, a
     with deepspeed.zero.Init(config_dict_or_path=ds_config), no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     model.tie_weights()  # tied checkpoints store the embedding once; after tying, named_parameters lists it once too
-    load_weights_into_zero3(model, model_dir)
+    return model
+
+
+def load_causal_lm(model_dir: str | Path, ds_config: dict, dtype: torch.dtype, attn_implementation: str) -> PreTrainedModel:
+    """Build `model_dir`'s architecture partitioned under ZeRO-3 (per `ds_config`) and fill it from its safetensors."""
+    model = partitioned_causal_lm(Path(model_dir), ds_config, dtype, attn_implementation)
+    load_weights_into_zero3(model, Path(model_dir))
     return model

@@ -1,0 +1,45 @@
+"""A sharded safetensors checkpoint loads straight into ZeRO-3 partitions on 2 ranks (gloo, CPU): every gathered
+parameter equals the file, no rank holds a full copy, and filling the partitions takes at most one shard file and one
+full tensor of host memory on top of them (never the whole checkpoint)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from conftest import REPO_ROOT, torchrun
+
+pytestmark = pytest.mark.multiprocess
+
+MIB = 2**20
+ALLOCATOR_SLACK_BYTES = 16 * MIB
+
+
+def test_sharded_checkpoint_loads_partitioned_equal_to_the_file_in_bounded_host_memory(tmp_path: Path) -> None:
+    # 152 M parameters (580 MiB fp32) of at most 9 MiB each in 40 MB shards: many shards, small tensors, so
+    # the bound below sits far under what holding every shard (or a full copy) would take
+    config = LlamaConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=16, num_attention_heads=12,
+                         num_key_value_heads=12, vocab_size=1024, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir, safe_serialization=True, max_shard_size="40MB")
+    shards = sorted(model_dir.glob("model-*.safetensors"))
+    assert len(shards) > 3 and (model_dir / "model.safetensors.index.json").is_file()
+    checkpoint_bytes = sum(p.numel() * 4 for p in model.parameters())
+    largest_tensor_bytes = max(p.numel() * 4 for p in model.parameters())
+    del model
+
+    result = torchrun(2, [str(REPO_ROOT / "tests/workers/zero3_load_inspect.py"), str(model_dir), str(tmp_path)],
+                      REPO_ROOT, env={"DS_ACCELERATOR": "cpu"})
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    reports = [json.loads((tmp_path / f"load_rank{rank}.json").read_text()) for rank in range(2)]
+    for report in reports:
+        assert all(p["equal"] for p in report["parameters"]), [p["name"] for p in report["parameters"] if not p["equal"]]
+        assert all(p["local"] < p["full"] for p in report["parameters"] if p["full"] >= 1024)
+        bound = max(s.stat().st_size for s in shards) + largest_tensor_bytes + ALLOCATOR_SLACK_BYTES
+        assert report["load_transient_bytes"] <= bound, (report["load_transient_bytes"] / MIB, bound / MIB)
+        assert bound < checkpoint_bytes / 8  # holding every shard, or a full copy, would exceed it many times
