@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of the kernel and scale goals, in as few device calls as possible (docs/benchmarks.md).
 #
-# On the development machine, once:  bash ../shared/device/make-wheels.sh pytest pluggy iniconfig
+# On the development machine, once:  bash ../shared/device/make-wheels.sh pytest pluggy iniconfig packaging pygments
 #   (DeepSpeed, datasets, liger-kernel, cut-cross-entropy and pytest as wheels in ./.whl, which git ignores)
 # On the GPU machine, from the repository root, carrying .whl:
 #   bash benchmarks/gpu_session.sh "$OUT" kernel   # compiled-kernel tests + kernel benchmark   (~2 min)
