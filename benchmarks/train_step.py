@@ -181,10 +181,11 @@ def mpo_dist_step(args: argparse.Namespace, model_dir: Path, examples: list, dty
 
     cache_dir = model_dir.parent / "reference_cache"
     cache_dir.mkdir(exist_ok=True)
-    config = load_config(None, [
-        f"model.path={model_dir}", f"model.dtype={dtype_name}", f"model.gradient_checkpointing={checkpointed_layers != 0}",
-        f"model.checkpointed_layers={checkpointed_layers}",
-        f"model.attn_implementation={args.attn}", f"data.packing={args.packing == 'on'}",
+    checkpointing = (["model.gradient_checkpointing=false"] if checkpointed_layers == 0 else
+                     ["model.gradient_checkpointing=true", f"model.checkpointed_layers={checkpointed_layers}"])
+    config = load_config(None, checkpointing + [
+        f"model.path={model_dir}", f"model.dtype={dtype_name}", f"model.attn_implementation={args.attn}",
+        f"data.packing={args.packing == 'on'}",
         f"data.max_length={args.seq_len}", f"data.max_prompt_length={args.seq_len // 2}", "loss.name=mpo",
         f"train.micro_batch_size={args.pairs}", "engine.reference=cache", f"engine.reference_cache={cache_dir}",
     ])

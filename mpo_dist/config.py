@@ -267,6 +267,8 @@ def validate(config: Config) -> None:
     if config.model.checkpointed_layers < -1:
         raise ConfigError(f"model.checkpointed_layers: must be -1 (all layers) or a number of layers >= 0, "
                           f"got {config.model.checkpointed_layers}")
+    if config.model.checkpointed_layers != -1 and not config.model.gradient_checkpointing:
+        raise ConfigError("model.checkpointed_layers: only applies with model.gradient_checkpointing=true")
     if config.train.epochs <= 0 and config.train.max_steps <= 0:
         raise ConfigError("train.epochs / train.max_steps: one of them must be > 0")
     if config.data.max_prompt_length >= config.data.max_length:

@@ -32,6 +32,7 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
         (["data.max_prompt_length=2048"], "data.max_prompt_length (2048) must be smaller"),
         (["train.micro_batch_size=0"], "train.micro_batch_size: must be > 0"),
         (["model.checkpointed_layers=-2"], "model.checkpointed_layers: must be -1"),
+        (["model.checkpointed_layers=4"], "only applies with model.gradient_checkpointing=true"),
         (["logging.tensorboard=maybe"], "logging.tensorboard: expected true/false"),
         (["data.train_files=[{path: x, format: csv}]"], "data.train_files[0].format"),
         (["engine.reference=none"], "engine.reference"),  # MPO needs the reference

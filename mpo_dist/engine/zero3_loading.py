@@ -49,12 +49,12 @@ def load_weights_into_zero3(model: PreTrainedModel, model_dir: Path) -> None:
     """Fill every parameter from the checkpoint, one shard file open at a time: a rank's host memory holds its
     partitions, one full tensor and the pages of one memory-mapped shard, never the whole checkpoint."""
     index = safetensors_index(model_dir)
+    params = dict(model.named_parameters())
     names_by_shard: dict[Path, list[str]] = {}
-    for name, _ in model.named_parameters():
+    for name in params:
         if name not in index:
             raise KeyError(f"{model_dir}: the checkpoint has no tensor {name!r} that the model needs")
         names_by_shard.setdefault(index[name], []).append(name)
-    params = dict(model.named_parameters())
     for shard, names in names_by_shard.items():
         with safe_open(str(shard), framework="pt") as handle:
             for name in names:
@@ -64,7 +64,7 @@ def load_weights_into_zero3(model: PreTrainedModel, model_dir: Path) -> None:
                 else:
                     with torch.no_grad():
                         params[name].copy_(full.to(params[name].dtype))
-                del full
+                del full  # no reference into this shard may outlive its handle
 
 
 def partitioned_causal_lm(model_dir: Path, ds_config: dict, dtype: torch.dtype,
