@@ -10,8 +10,8 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 
-def enable_activation_checkpointing(causal_lm: nn.Module, checkpointed_layers: int = -1) -> int:
-    """Checkpoint the first `checkpointed_layers` decoder layers (-1 = all); returns how many are checkpointed.
+def enable_activation_checkpointing(causal_lm: nn.Module, checkpointed_layers: int = -1) -> None:
+    """Checkpoint the first `checkpointed_layers` decoder layers (-1 = all).
 
     Non-reentrant checkpointing: it works with ZeRO-3's parameter hooks and with inputs that need no gradient."""
     layers = [module for module in causal_lm.modules() if isinstance(module, GradientCheckpointingLayer)]
@@ -26,4 +26,3 @@ def enable_activation_checkpointing(causal_lm: nn.Module, checkpointed_layers: i
     keep = len(layers) if checkpointed_layers == -1 else checkpointed_layers
     for layer in layers[keep:]:
         layer.gradient_checkpointing = False  # read per call by GradientCheckpointingLayer
-    return keep
