@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=None, help="subset of method names to run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sweep", action="store_true", help="time tile-config candidates of ours-triton instead")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print ours-triton's kernels by GPU time (one fwd+bwd under torch.profiler)")
     return parser.parse_args(argv)
 
 
@@ -197,6 +199,23 @@ def error_columns(r: dict) -> str:
             f"{r['err_grad_w']:.1e} ({r['err_grad_w_rounded']:.1e})")
 
 
+def profile_ours(problem: Problem) -> None:
+    """Where ours-triton's time goes: each kernel's share of one forward + backward."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from mpo_dist.kernels import label_logprobs
+
+    hidden = problem.hidden.detach().clone().requires_grad_()
+    weight = problem.weight.detach().clone().requires_grad_()
+    run = lambda: label_logprobs(hidden, weight, problem.labels, backend="triton").sum().backward()  # noqa: E731
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+        run()
+        torch.cuda.synchronize()
+    print(profiler.key_averages().table(sort_by="self_device_time_total", row_limit=12), flush=True)
+
+
 def sweep_candidates(dtype: torch.dtype) -> dict[str, list]:
     """Hopper candidates per knob; a config the GPU cannot fit (shared memory, registers) is reported and skipped."""
     from mpo_dist.kernels.logprob_triton import TileConfig
@@ -208,7 +227,7 @@ def sweep_candidates(dtype: torch.dtype) -> dict[str, list]:
                  TileConfig(256, 128, 64, 8, 3), TileConfig(128, 128, 128, 8, 3), TileConfig(128, 64, 64, 4, 4),
                  TileConfig(64, 128, 64, 4, 4)]
     return {"forward": tiles, "grad_logits": tiles, "grad_hidden": tiles, "forward_programs_per_sm": [1, 2, 4, 8],
-            "vocab_chunk": [None, 1024, 4096]}
+            "vocab_chunk": [None, 2048]}
 
 
 def sweep(problem: Problem, ref: tuple[Tensor, Tensor, Tensor], args: argparse.Namespace) -> list[str]:
@@ -273,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         floor_h, floor_w = rounding_floor(ref, DTYPES[args.dtype])
         print(f"N={n}: the float32 reference gradients stored in {args.dtype} already differ from it by "
               f"{floor_h:.1e} (grad_h) and {floor_w:.1e} (grad_W)", flush=True)
+        if args.profile:
+            profile_ours(problem)
         if args.sweep:
             rows += sweep(problem, ref, args)
             del problem, ref

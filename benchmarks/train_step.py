@@ -48,6 +48,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
@@ -89,6 +90,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="dense bf16 peak per GPU for MFU; 0 = by device")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--policy-config", default="",
+                        help="DeepSpeed template of the policy engine for every method (default: engine.policy_config's)")
+    parser.add_argument("--profile", type=Path,
+                        help="after timing, profile 2 more steps of each method: top ops by GPU and CPU time into "
+                             "PROFILE-<method>.txt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="run tiny shapes in float32 on the CPU to check the script end to end (no useful timings)")
@@ -143,6 +149,10 @@ def model_flops(args: argparse.Namespace, matmul_params: int, lengths: list[int]
     return 6.0 * matmul_params * sum(lengths) + 6.0 * args.layers * args.hidden * sum(n * n for n in lengths)
 
 
+def policy_override(args: argparse.Namespace) -> list[str]:
+    return [f"engine.policy_config={args.policy_config}"] if args.policy_config else []
+
+
 # ---- timing ---------------------------------------------------------------------------------------------------------
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -163,6 +173,27 @@ def timed(step: Callable[[], float], args: argparse.Namespace, device: torch.dev
         times.append(time.perf_counter() - started)
     peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else float("nan")
     return statistics.median(times), peak, loss
+
+
+def profile_steps(step: Callable[[], float], report: Path, steps: int = 2) -> None:
+    """`steps` more steps under torch.profiler; writes the top ops by device and by host time, and how much of the
+    wall time the GPU was busy (gaps = host-bound: hooks, launches, synchronisation)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        for _ in range(steps):
+            step()
+    wall_ms = (time.perf_counter() - started) * 1e3 / steps
+    averages = profiler.key_averages()
+    phases = {"forward", "backward", "optimizer step"}  # this file's record_function ranges, also shown on the GPU
+    kernels = [event for event in profiler.events()  # device-side events only: host ops would count them twice
+               if event.device_type != torch.autograd.DeviceType.CPU and event.name not in phases]
+    device_ms = sum(event.device_time_total for event in kernels) / 1e3 / steps
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(f"per step: wall {wall_ms:.1f} ms (profiled), device busy {device_ms:.1f} ms\n\n"
+                      + averages.table(sort_by="self_device_time_total", row_limit=45) + "\n\n"
+                      + averages.table(sort_by="cpu_time_total", row_limit=45))
 
 
 # ---- mpo-dist -------------------------------------------------------------------------------------------------------
@@ -188,6 +219,7 @@ def mpo_dist_step(args: argparse.Namespace, model_dir: Path, examples: list, dty
         f"data.packing={args.packing == 'on'}",
         f"data.max_length={args.seq_len}", f"data.max_prompt_length={args.seq_len // 2}", "loss.name=mpo",
         f"train.micro_batch_size={args.pairs}", "engine.reference=cache", f"engine.reference_cache={cache_dir}",
+        *policy_override(args),
     ])
     dtype, on_gpu = DTYPES[dtype_name], device.type == "cuda"
     common = dict(attn_implementation=config.model.attn_implementation, logprob_backend=config.model.logprob_backend,
@@ -213,10 +245,13 @@ def mpo_dist_step(args: argparse.Namespace, model_dir: Path, examples: list, dty
     policy = PolicyEngine(model, policy_ds, lambda step: 1.0)
 
     def step() -> float:
-        outputs = policy.forward(batch)
-        out = loss(preference_inputs(outputs, cache.terms(batch), batch, loss, config.loss.mpo.pooling))
-        policy.backward(out.loss)
-        policy.step()
+        with record_function("forward"):
+            outputs = policy.forward(batch)
+            out = loss(preference_inputs(outputs, cache.terms(batch), batch, loss, config.loss.mpo.pooling))
+        with record_function("backward"):
+            policy.backward(out.loss)
+        with record_function("optimizer step"):
+            policy.step()
         return float(out.loss.detach())
 
     return step
@@ -236,7 +271,7 @@ def naive_step(args: argparse.Namespace, model_dir: Path, examples: list, dtype_
     from mpo_dist.models.activation_checkpointing import enable_activation_checkpointing
 
     config = load_config(None, [f"model.path={model_dir}", f"model.dtype={dtype_name}",
-                                f"train.micro_batch_size={args.pairs}"])
+                                f"train.micro_batch_size={args.pairs}", *policy_override(args)])
     dtype, on_gpu = DTYPES[dtype_name], device.type == "cuda"
     policy_ds = render_policy_config(config, world_size=1, dtype=dtype_name, hidden_size=args.hidden, on_gpu=on_gpu)
     hf_policy = load_causal_lm(model_dir, policy_ds, dtype, args.attn)
@@ -345,6 +380,8 @@ def run_one(args: argparse.Namespace, device: torch.device, dtype_name: str) -> 
     lengths = [len(s.input_ids) for e in examples for s in (e.chosen, e.rejected, e.anchor_chosen, e.anchor_rejected)]
     step = METHODS[args.run_one](args, args.model_dir, examples, dtype_name, device)
     seconds, peak_gib, loss = timed(step, args, device)
+    if args.profile:
+        profile_steps(step, args.profile.with_name(f"{args.profile.name}-{args.run_one}.txt"))
     flops = model_flops(args, args.matmul_params, lengths)
     args.result.write_text(json.dumps(Result(args.run_one, seconds, sum(lengths), flops, peak_gib, loss).__dict__))
     return 0

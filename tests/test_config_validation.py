@@ -59,10 +59,18 @@ def test_deepspeed_templates_have_every_auto_filled(tmp_path: Path) -> None:
     assert policy["train_batch_size"] == 2 * 4 * 8 and policy["gradient_clipping"] == 0.5
     assert policy["bf16"]["enabled"] is True and policy["fp16"]["enabled"] is False
     assert policy["optimizer"]["params"]["lr"] == 3e-4
-    assert policy["zero_optimization"]["reduce_bucket_size"] == 4096 * 4096
+    assert policy["zero_optimization"]["reduce_bucket_size"] == 500_000_000  # set in the template, not "auto"
     reference = render_reference_config(config, world_size=8, dtype="fp32", hidden_size=64, on_gpu=False)
     assert reference["zero_optimization"]["offload_param"] == {"device": "cpu", "pin_memory": False}
+    assert reference["zero_optimization"]["stage3_prefetch_bucket_size"] == int(0.9 * 64 * 64)
     assert "optimizer" not in reference and '"auto"' not in str(reference) + str(policy)
+
+    buckets = tmp_path / "buckets.json"  # a user template leaving the bucket sizes to mpo-dist
+    buckets.write_text('{"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto", '
+                       '"stage3_param_persistence_threshold": "auto"}}')
+    config.engine.policy_config = str(buckets)
+    zero = render_policy_config(config, world_size=8, dtype="bf16", hidden_size=4096, on_gpu=True)["zero_optimization"]
+    assert zero["reduce_bucket_size"] == 4096 * 4096 and zero["stage3_param_persistence_threshold"] == 10 * 4096
 
     broken = tmp_path / "ds.json"
     broken.write_text('{"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 3, "sub_group_size": "auto"}}')

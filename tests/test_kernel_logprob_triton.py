@@ -8,7 +8,7 @@ Shapes are small and deliberately ragged for the interpreter tiles (16 rows x 32
 (not a multiple of 16), V = 101 (not a multiple of 32), H = 40 (not a multiple of 16); vocab_chunk = 64 gives two
 backward chunks (64 + 37 columns), and the interpreter forward uses two vocab splits, so the cross-split merge and the
 cross-chunk grad_hidden carry are both exercised. On a GPU the same ragged shapes run through the Hopper tiles
-(128 x 128 x 64), so they test the masking of partial tiles instead.
+(128 x 256 x 64), so they test the masking of partial tiles instead.
 Tolerances as in test_kernel_logprob_torch.py, except bf16 gradients (2e-2): the interpreter casts fp32 -> bf16 by
 truncation where the GPU rounds to nearest, which doubles the bf16 rounding error (observed 5.6e-3).
 """

@@ -20,6 +20,7 @@ from mpo_dist.plan import (
     load_model_shape,
     plan_memory,
 )
+from mpo_dist.kernels.backward_budget import backward_temporary_bytes
 from mpo_dist.plan.command import register
 from mpo_dist.plan.memory import GIB, optimizer_sub_group_params
 from mpo_dist.plan.model_shape import build_meta_model, load_hf_config
@@ -166,7 +167,11 @@ def test_tiny_plan_options_by_hand(shapes):
     with pytest.raises(ValueError, match="more than the model's 2 decoder layers"):
         plan_memory(shapes["tiny"], PlanSettings(**base, checkpointed_layers=3))
     triton = _bytes_by_name(plan_memory(shapes["tiny"], PlanSettings(**base | {"head_chunk": 0})).gpu)
-    assert triton["log-prob head workspace (Triton kernel)"] == 32 * 8
+    # per token lse + label logit (fp32); backward: the lo half of grad_hidden (bf16) + the whole-vocab grad-logit chunk
+    vocab = shapes["tiny"].vocab_size
+    assert triton["log-prob head workspace (Triton kernel)"] == 32 * 8 + 32 * 64 * 2 + 32 * vocab * 2
+    # at the benchmark's shape the backward takes 120 MiB (grad-logit chunk) + 128 MiB (residual), within 0.25 GiB
+    assert backward_temporary_bytes(16384, 4096, 128256, 2) == (120 + 128) * 2**20
 
 
 def test_sub_group_is_the_whole_shard_when_the_shard_is_small(shapes):

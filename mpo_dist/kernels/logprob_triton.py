@@ -24,19 +24,21 @@ Doing both from one recomputed tile needs float atomics (non-deterministic order
      fp32 buffer's N*H*4 (this is what keeps N=16384 under 0.25 GiB). fp32 inputs accumulate in the output.
 Every reduction has a fixed order (no atomics; tile configs are fixed, not autotuned, because a timing-dependent
 config choice would change the summation order between processes), so results are bitwise reproducible on the same
-GPU and software. The chunk width is chosen so G_chunk takes GRAD_LOGITS_BUDGET_BYTES (64 MiB): at N=16384, bf16:
-chunk = 2048 columns, temporaries = 64 MiB (G) + 128 MiB (lo) + ~1 MiB. Total work 8*N*H*V flops, all in large
-GEMM-shaped tiles; the extra memory traffic (writing and twice reading G, about 3*N*V*2 bytes) is small next to it.
+GPU and software. Temporaries are held to 0.25 GiB (mpo_dist/kernels/backward_budget.py): lo takes N*H*2 bytes,
+the small fp32 vectors a reserve, and G_chunk the rest (at least 64 MiB). Wider chunks mean fewer passes of step 3,
+each of which reads and writes hi and lo (8*N*H bytes): at N=16384, H=4096, bf16 the chunk is 3840 columns (34
+passes, 18 GB of epilogue traffic; a fixed 64 MiB G gave 63 passes and 34 GB), temporaries = 120 MiB (G) + 128 MiB
+(lo) + ~1 MiB. Total work 8*N*H*V flops, all in large GEMM-shaped tiles.
 
 Why 8*N*H*V and not the 6*N*H*V of Liger-style fused cross-entropy: those compute the gradients inside the forward
 because a mean/sum loss fixes d loss / d logp before the forward runs. Here the upstream gradient is per token and
 comes from the reward-gap loss over whole sequences, so it exists only after every log-prob does; without storing
 [N, V] the backward must recompute the logits once (2*N*H*V) before its two gradient GEMMs.
 
-Not yet timed on a GPU. Estimate for the target shape: 8*N*H*V = 6.9e13 flops, so ~110 ms at ~600 TFLOP/s for the
-Triton GEMMs and ~700 for cuBLAS; the <= 93 ms goal needs ~740 TFLOP/s on average. Tuning left for a GPU session:
-tile configs per kernel (`kernel_configs`), the programs per SM of the forward and the chunk budget; the benchmark's
-`--sweep` times candidates of each in one run.
+Measured on an H100 (docs/benchmarks.md): 116.5 ms for the target shape (8*N*H*V = 6.9e13 flops, ~590 TFLOP/s).
+With the earlier 128x128 tiles the profile read: forward 30 ms, grad-logits 29 ms, cuBLAS grad_weight 21 ms (800
+TFLOP/s), grad-hidden 45 ms; the grad-hidden kernel's carried-sum traffic is what wider chunks reduce. Getting the
+Triton GEMMs to cuBLAS's rate (TMA loads, warp specialisation) is what would be left to gain.
 """
 from __future__ import annotations
 
@@ -48,7 +50,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-GRAD_LOGITS_BUDGET_BYTES = 64 * 2**20
+from mpo_dist.kernels.backward_budget import grad_logits_budget_bytes
+
 
 
 @dataclass(frozen=True)
@@ -77,16 +80,18 @@ class KernelConfigs:
 def kernel_configs(device: torch.device, dtype: torch.dtype) -> KernelConfigs:
     """Fixed (deterministic) tile choices: Hopper-sized on CUDA, tiny ones for the CPU interpreter.
 
-    Half dtypes: 128x128x64 tiles, 8 warps (two wgmma warpgroups), 4 stages = 128 KiB shared memory. Compiled for
-    sm_90 (ptxas via triton.compile, no GPU) every kernel variant fits in registers without spills; 128x256 tiles
-    spilled 230-1240 bytes in the soft-cap/bias and carried-sum epilogues. fp32 uses ieee (non tensor-core) dots."""
+    Half dtypes: 128x256x64 tiles, 8 warps, 3 stages, one forward program per SM: the fastest combination of the
+    `--sweep` on an H100 (N=16384, H=4096, V=128256, bf16: 118.5 ms against 132.0 ms for 128x128x64 w8 s4 with 4
+    programs per SM; docs/benchmarks.md). ptxas reports register spills for this tile in the soft-cap and bias
+    epilogues (slower there, still correct: the GPU tests cover them). fp32 uses ieee (non tensor-core) dots."""
     if device.type != "cuda":
         tile = TileConfig(16, 32, 16, 1, 1, group_m=2)
-    elif dtype == torch.float32:
+        return KernelConfigs(forward=tile, grad_logits=tile, grad_hidden=tile)
+    if dtype == torch.float32:
         tile = TileConfig(64, 128, 32, 8, 2)
-    else:
-        tile = TileConfig(128, 128, 64, 8, 4)
-    return KernelConfigs(forward=tile, grad_logits=tile, grad_hidden=tile)
+        return KernelConfigs(forward=tile, grad_logits=tile, grad_hidden=tile)
+    tile = TileConfig(128, 256, 64, 8, 3)
+    return KernelConfigs(forward=tile, grad_logits=tile, grad_hidden=tile, forward_programs_per_sm=1)
 
 
 def _dot_options(device: torch.device, dtype: torch.dtype) -> dict[str, object]:
@@ -291,9 +296,10 @@ def _forward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor
     return lse, split_label_logit.sum(dim=0)
 
 
-def default_vocab_chunk(num_rows: int, vocab: int, dtype: torch.dtype, block: int) -> int:
-    """Widest multiple of `block` whose grad-logit chunk [num_rows, chunk] fits GRAD_LOGITS_BUDGET_BYTES."""
-    columns = GRAD_LOGITS_BUDGET_BYTES // max(1, num_rows * dtype.itemsize)
+def default_vocab_chunk(num_rows: int, hidden: int, vocab: int, dtype: torch.dtype, block: int) -> int:
+    """Widest multiple of `block` whose grad-logit chunk [num_rows, chunk] fits in what the temporary budget leaves
+    after the residual of the carried grad_hidden sum (half dtypes only) and the small vectors."""
+    columns = grad_logits_budget_bytes(num_rows, hidden, dtype.itemsize) // max(1, num_rows * dtype.itemsize)
     return min(max(block, columns // block * block), triton.cdiv(vocab, block) * block)
 
 
@@ -304,7 +310,7 @@ def _backward(grad_out: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor | N
     n, h = hidden.shape
     v = weight.shape[0]
     cfg, gh_cfg = configs.grad_logits, configs.grad_hidden
-    chunk = vocab_chunk or default_vocab_chunk(n, v, hidden.dtype, cfg.block_n)
+    chunk = vocab_chunk or default_vocab_chunk(n, h, v, hidden.dtype, cfg.block_n)
     row_blocks = triton.cdiv(n, cfg.block_m)
     grad_hidden = torch.empty_like(hidden) if need_hidden else None
     residual = torch.empty_like(hidden) if need_hidden and hidden.dtype != torch.float32 else None
@@ -365,7 +371,7 @@ def triton_label_logprobs(hidden: Tensor, weight: Tensor, labels: Tensor, bias: 
                           ignore_index: int, vocab_chunk: int | None = None,
                           configs: KernelConfigs | None = None) -> Tensor:
     """Inputs already validated by `mpo_dist.kernels.label_logprobs`. `vocab_chunk` (columns of the backward's
-    grad-logit buffer) defaults to what fits GRAD_LOGITS_BUDGET_BYTES; tests set it small to cover several chunks.
+    grad-logit buffer) defaults to what fits the temporary budget; tests set it small to cover several chunks.
     `configs` defaults to `kernel_configs(device, dtype)`; the benchmark's tile sweep passes candidates."""
     if not hidden.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("the triton backend needs CUDA tensors, or TRITON_INTERPRET=1 (set before importing "

@@ -21,6 +21,7 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from math import ceil
 
+from mpo_dist.kernels.backward_budget import backward_temporary_bytes
 from mpo_dist.plan.model_shape import ModelShape
 
 GIB = 1 << 30
@@ -287,8 +288,14 @@ def activation_components(shape: ModelShape, s: PlanSettings) -> list[Component]
 def _head_workspace(shape: ModelShape, s: PlanSettings, tokens: int, backward: bool, phase: str) -> Component:
     """Fused log-prob head: a chunk x vocab fp32 tile in memory, or per-token scalars for the Triton kernel."""
     if s.head_chunk == 0:
-        return Component("log-prob head workspace (Triton kernel)", tokens * 2 * FP32, phase,
-                         f"{tokens:,} tokens x (logsumexp + label logit) fp32")
+        per_token = tokens * 2 * FP32
+        if not backward:
+            return Component("log-prob head workspace (Triton kernel)", per_token, phase,
+                             f"{tokens:,} tokens x (logsumexp + label logit) fp32")
+        temporaries = backward_temporary_bytes(tokens, shape.hidden_size, shape.vocab_size, HALF)
+        return Component("log-prob head workspace (Triton kernel)", per_token + temporaries, phase,
+                         f"{tokens:,} tokens x (logsumexp + label logit) fp32 + backward grad-logit chunk and "
+                         f"carried-sum residual {temporaries / 2**20:,.0f} MiB")
     chunk = min(s.head_chunk, tokens)
     per_element = _logits_tile_bytes_per_element(shape, backward)
     input_grad = tokens * FP32 * shape.hidden_size if backward else 0
