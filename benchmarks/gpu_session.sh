@@ -4,10 +4,10 @@
 # On the development machine, once:  bash ../shared/device/make-wheels.sh pytest pluggy iniconfig packaging pygments
 #   (DeepSpeed, datasets, liger-kernel, cut-cross-entropy and pytest as wheels in ./.whl, which git ignores)
 # On the GPU machine, from the repository root, carrying .whl:
-#   bash benchmarks/gpu_session.sh "$OUT" kernel   # kernel benchmark (ours, torch, liger, cce)  (~2 min)
-#   bash benchmarks/gpu_session.sh "$OUT" tests    # kernel tests, compiled on the GPU            (~2 min)
-#   bash benchmarks/gpu_session.sh "$OUT" sweep    # tile-config sweep of the Triton kernel      (~5 min)
-#   bash benchmarks/gpu_session.sh "$OUT" train    # MPO train-step benchmark                    (~5 min)
+#   bash benchmarks/gpu_session.sh "$OUT" kernel   # kernel benchmark (ours, torch, liger, cce)  (~1 min on an H100)
+#   bash benchmarks/gpu_session.sh "$OUT" tests    # kernel tests, compiled on the GPU            (> 100 s: set STEP_TIMEOUT)
+#   bash benchmarks/gpu_session.sh "$OUT" sweep    # tile-config sweep of the Triton kernel      (~1.5 min)
+#   bash benchmarks/gpu_session.sh "$OUT" train    # MPO train-step benchmark                    (~3 min)
 #   bash benchmarks/gpu_session.sh "$OUT" kernel,train,tests   # several parts in one device call, in that order
 # Arguments after the parts go to every benchmark script run (e.g. `train --methods mpo-dist naive`).
 # STEP_TIMEOUT (seconds, default 540) bounds each step, so one hung step cannot eat a whole device call.

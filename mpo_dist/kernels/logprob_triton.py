@@ -53,7 +53,6 @@ from torch import Tensor
 from mpo_dist.kernels.backward_budget import grad_logits_budget_bytes
 
 
-
 @dataclass(frozen=True)
 class TileConfig:
     """Tile sizes of one kernel: rows x columns x reduction, plus launch options."""
@@ -82,16 +81,16 @@ def kernel_configs(device: torch.device, dtype: torch.dtype) -> KernelConfigs:
 
     Half dtypes: 128x256x64 tiles, 8 warps, 3 stages, one forward program per SM: the fastest combination of the
     `--sweep` on an H100 (N=16384, H=4096, V=128256, bf16: 118.5 ms against 132.0 ms for 128x128x64 w8 s4 with 4
-    programs per SM; docs/benchmarks.md). ptxas reports register spills for this tile in the soft-cap and bias
-    epilogues (slower there, still correct: the GPU tests cover them). fp32 uses ieee (non tensor-core) dots."""
+    programs per SM; docs/benchmarks.md). An offline sm_90 compile showed register spills for this tile in the
+    soft-cap and bias epilogues: those variants may run slower (not measured); results do not depend on the tile.
+    fp32 uses ieee (non tensor-core) dots; its tiles are untimed."""
     if device.type != "cuda":
-        tile = TileConfig(16, 32, 16, 1, 1, group_m=2)
-        return KernelConfigs(forward=tile, grad_logits=tile, grad_hidden=tile)
-    if dtype == torch.float32:
-        tile = TileConfig(64, 128, 32, 8, 2)
-        return KernelConfigs(forward=tile, grad_logits=tile, grad_hidden=tile)
-    tile = TileConfig(128, 256, 64, 8, 3)
-    return KernelConfigs(forward=tile, grad_logits=tile, grad_hidden=tile, forward_programs_per_sm=1)
+        tile, programs_per_sm = TileConfig(16, 32, 16, 1, 1, group_m=2), 4  # the interpreter ignores programs per SM
+    elif dtype == torch.float32:
+        tile, programs_per_sm = TileConfig(64, 128, 32, 8, 2), 4
+    else:
+        tile, programs_per_sm = TileConfig(128, 256, 64, 8, 3), 1
+    return KernelConfigs(forward=tile, grad_logits=tile, grad_hidden=tile, forward_programs_per_sm=programs_per_sm)
 
 
 def _dot_options(device: torch.device, dtype: torch.dtype) -> dict[str, object]:

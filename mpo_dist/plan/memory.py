@@ -286,7 +286,8 @@ def activation_components(shape: ModelShape, s: PlanSettings) -> list[Component]
 
 
 def _head_workspace(shape: ModelShape, s: PlanSettings, tokens: int, backward: bool, phase: str) -> Component:
-    """Fused log-prob head: a chunk x vocab fp32 tile in memory, or per-token scalars for the Triton kernel."""
+    """Fused log-prob head: a chunk x vocab fp32 tile in memory, or per-token scalars for the Triton kernel (plus its
+    backward's bounded temporaries)."""
     if s.head_chunk == 0:
         per_token = tokens * 2 * FP32
         if not backward:
