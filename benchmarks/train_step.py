@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -80,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-length", type=int, default=0, help="shortest sequence; default = --seq-len (no padding)")
     parser.add_argument("--pairs", type=int, default=2, help="MPO examples per step (4 sequences each)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every method this many times, in turns, each in a fresh process; the table gives the "
+                             "median round (processes on one machine differed by up to 20 %% in step time)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (Triton compiles, allocator warms)")
     parser.add_argument("--attn", default="auto", choices=["auto", "sdpa", "flash_attention_2"],
                         help="auto = flash_attention_2 if flash-attn is importable, else sdpa")
@@ -352,6 +355,13 @@ def resolve_attention(args: argparse.Namespace, device: torch.device) -> None:
         args.packing = "on" if args.attn == "flash_attention_2" else "off"
 
 
+def median_round(runs: list[Result]) -> Result:
+    """The round with the median step time (the lower middle one for an even count), with the highest peak memory
+    of all rounds: the memory condition must hold in every round."""
+    median = sorted(runs, key=lambda r: r.seconds)[(len(runs) - 1) // 2]
+    return replace(median, peak_gib=max(r.peak_gib for r in runs))
+
+
 def table(results: list[Result], peak: float) -> str:
     lines = ["| method | step s | tokens/s/GPU | MFU | peak GiB | loss |", "|---|---:|---:|---:|---:|---:|"]
     for r in results:
@@ -403,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 2 <= args.min_length <= args.seq_len:
         print(f"--min-length must be in [2, --seq-len={args.seq_len}], got {args.min_length}", file=sys.stderr)
         return 2
+    if args.rounds < 1:
+        print(f"--rounds must be at least 1, got {args.rounds}", file=sys.stderr)
+        return 2
     resolve_attention(args, device)
     if args.run_one:
         return run_one(args, device, dtype_name)
@@ -420,19 +433,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"device {device_name}; torch {torch.__version__}; Llama {params / 1e9:.2f} B params (hidden {args.hidden}, "
               f"{args.layers} layers, vocab {args.vocab}); {args.pairs} pairs x 4 sequences, lengths "
               f"{min(lengths)}..{max(lengths)} (mean {statistics.mean(lengths):.0f}); {dtype_name}; attention {args.attn}; mpo-dist packing {args.packing}; naive reference "
-              f"{args.naive_reference}; peak {peak or 'unknown'} TFLOP/s; {args.warmup} warm-up + {args.steps} timed steps",
+              f"{args.naive_reference}; peak {peak or 'unknown'} TFLOP/s; {args.warmup} warm-up + {args.steps} timed steps; "
+              f"{args.rounds} round(s)",
               flush=True)
-        results = []
-        for name in args.methods:  # one process each: every method starts from an empty GPU and a fresh DeepSpeed
-            result_file = Path(scratch) / f"{name}.json"
-            child = [sys.executable, __file__, *argv, "--run-one", name, "--model-dir", str(model_dir),
-                     "--matmul-params", str(params - args.vocab * args.hidden), "--result", str(result_file)]
-            completed = subprocess.run(child, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-            if completed.returncode != 0:
-                print(f"{name}: failed with exit code {completed.returncode} (its output is above)", file=sys.stderr)
-                continue
-            results.append(Result(**json.loads(result_file.read_text())))
-            print(f"{name}: {results[-1].seconds:.3f} s/step, peak {results[-1].peak_gib:.1f} GiB", flush=True)
+        rounds: dict[str, list[Result]] = {name: [] for name in args.methods}
+        for round_index in range(args.rounds):
+            for name in args.methods:  # one process each: every method starts from an empty GPU and a fresh DeepSpeed
+                result_file = Path(scratch) / f"{name}.json"
+                child = [sys.executable, __file__, *argv, "--run-one", name, "--model-dir", str(model_dir),
+                         "--matmul-params", str(params - args.vocab * args.hidden), "--result", str(result_file)]
+                completed = subprocess.run(child, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                if completed.returncode != 0:
+                    print(f"{name}: failed with exit code {completed.returncode} (its output is above)", file=sys.stderr)
+                    continue
+                rounds[name].append(Result(**json.loads(result_file.read_text())))
+                print(f"{name} (round {round_index + 1}/{args.rounds}): {rounds[name][-1].seconds:.3f} s/step, "
+                      f"peak {rounds[name][-1].peak_gib:.1f} GiB", flush=True)
+        results = [median_round(runs) for runs in rounds.values() if len(runs) == args.rounds]
     print()
     print(table(results, peak))
     if args.json:
