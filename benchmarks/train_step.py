@@ -206,11 +206,13 @@ def mpo_dist_step(args: argparse.Namespace, model_dir: Path, examples: list, dty
     (-1 = all decoder layers, 0 = no activation checkpointing)."""
     from mpo_dist.config import load_config
     from mpo_dist.data.collate import PreferenceCollator
-    from mpo_dist.engine.ds_config import render_policy_config, render_reference_config
-    from mpo_dist.engine.engines import PolicyEngine, ReferenceEngine, build_alignment_model
-    from mpo_dist.engine.reference_cache import ReferenceCache, term_tensors, write_index, write_shard
+    from mpo_dist.engine.ds_config import render_policy_config
+    from mpo_dist.engine.engines import PolicyEngine, build_alignment_model
+    from mpo_dist.engine.reference_cache import (ReferenceCache, cached_term_names, term_tensors, write_index,
+                                                 write_shard)
     from mpo_dist.engine.zero3_loading import DTYPES
     from mpo_dist.losses import build_loss
+    from mpo_dist.train.build import model_options, reference_engine
     from mpo_dist.train.step import ReferencePlan, preference_inputs, reference_terms
 
     cache_dir = model_dir.parent / "reference_cache"
@@ -224,27 +226,24 @@ def mpo_dist_step(args: argparse.Namespace, model_dir: Path, examples: list, dty
         f"train.micro_batch_size={args.pairs}", "engine.reference=cache", f"engine.reference_cache={cache_dir}",
         *policy_override(args),
     ])
-    dtype, on_gpu = DTYPES[dtype_name], device.type == "cuda"
-    common = dict(attn_implementation=config.model.attn_implementation, logprob_backend=config.model.logprob_backend,
-                  logprob_chunk_size=config.model.logprob_chunk_size)
+    on_gpu = device.type == "cuda"
     loss = build_loss("mpo", config.loss.mpo)
     batch = PreferenceCollator(pad_token_id=0, packing=config.data.packing)(examples).to(device)
     plan = ReferencePlan.for_loss(loss, batch)
 
     # precompute-ref, in miniature: one reference forward, the cache files, then the engine is dropped
-    reference_ds = render_reference_config(config, world_size=1, dtype=dtype_name, hidden_size=args.hidden, on_gpu=on_gpu)
-    reference = ReferenceEngine(build_alignment_model(str(model_dir), reference_ds, dtype, **common), reference_ds)
+    reference = reference_engine(config, world_size=1, on_gpu=on_gpu, dtype_name=dtype_name, hidden_size=args.hidden)
     terms = reference_terms(reference.forward(batch, plan.rows), plan, batch, loss, config.loss.mpo.pooling)
     shard = write_shard(cache_dir, 0, 1, [term_tensors(terms)])
-    write_index(cache_dir, {}, ["anchor_reference", "anchor_reference_hidden"], [(shard, batch.example_ids)])
+    write_index(cache_dir, {}, cached_term_names(loss), [(shard, batch.example_ids)])
     del reference, terms
     gc.collect()
     cache = ReferenceCache.open(cache_dir, {}, device)
 
     policy_ds = render_policy_config(config, world_size=1, dtype=dtype_name, hidden_size=args.hidden, on_gpu=on_gpu)
-    model = build_alignment_model(str(model_dir), policy_ds, dtype,
+    model = build_alignment_model(str(model_dir), policy_ds, DTYPES[dtype_name],
                                   gradient_checkpointing=config.model.gradient_checkpointing,
-                                  checkpointed_layers=config.model.checkpointed_layers, **common)
+                                  checkpointed_layers=config.model.checkpointed_layers, **model_options(config))
     policy = PolicyEngine(model, policy_ds, lambda step: 1.0)
 
     def step() -> float:

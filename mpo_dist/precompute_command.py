@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,7 +50,7 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
 
     from mpo_dist.config import ConfigError
     from mpo_dist.data.collate import PreferenceCollator
-    from mpo_dist.data.sampler import rank_batches
+    from mpo_dist.data.sampler import batches_per_rank, rank_batches
     from mpo_dist.engine.engines import barrier, init_distributed
     from mpo_dist.engine.reference_cache import (cached_term_names, prepare_directory, reference_fingerprint,
                                                  require_unique_ids, term_tensors, write_index, write_shard)
@@ -84,7 +83,7 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
     pooling = getattr(config.loss.options(), "pooling", "masked")
     collator = PreferenceCollator(tokenizer.pad_token_id, packing=data.packing)
     batch_size = config.train.micro_batch_size
-    num_batches = math.ceil(math.ceil(len(examples) / ctx.world_size) / batch_size)
+    num_batches = batches_per_rank(len(examples), world_size=ctx.world_size, batch_size=batch_size)
     log.info("precompute-ref: %d examples, %d micro-batches of %d per rank, world size %d, dtype %s, writing %s",
              len(examples), num_batches, batch_size, ctx.world_size, dtype_name, out_dir)
     computed, example_ids = [], []

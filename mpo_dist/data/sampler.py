@@ -77,6 +77,12 @@ class ResumableDistributedSampler:
         self.consumed = state["consumed"]
 
 
+def batches_per_rank(num_items: int, *, world_size: int, batch_size: int) -> int:
+    """How many batches `rank_batches` yields on every rank."""
+    items_per_rank = -(-num_items // world_size)  # ceiling divisions
+    return -(-items_per_rank // batch_size)
+
+
 def rank_batches(items: list[T], *, rank: int, world_size: int, batch_size: int) -> Iterator[tuple[list[T], bool]]:
     """One pass over `items` split across ranks (evaluation, reference precompute): yields (batch, real).
 
@@ -85,7 +91,6 @@ def rank_batches(items: list[T], *, rank: int, world_size: int, batch_size: int)
     forward, drop the result.
     """
     mine = items[rank::world_size]
-    per_rank = -(-len(items) // world_size)
-    for start in range(0, per_rank, batch_size):
-        batch = mine[start : start + batch_size]
+    for index in range(batches_per_rank(len(items), world_size=world_size, batch_size=batch_size)):
+        batch = mine[index * batch_size : (index + 1) * batch_size]
         yield (batch, True) if batch else (items[:1], False)

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import torch
 
-
-from mpo_dist.models.tokenizer import load_tokenizer
 from mpo_dist.engine.hf_export import MODEL_PREFIX, hf_state_dict, write_hf_directory
+from mpo_dist.models.tokenizer import load_tokenizer
 from mpo_dist.train.checkpoint import COMPLETE_MARKER, is_complete
 
 MLC_PREFIX = "mlc_projection."

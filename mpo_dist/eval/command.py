@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mpo_dist.models.tokenizer import load_tokenizer
 from mpo_dist.data.schema import DataError, ParallelRecord
 from mpo_dist.eval.readers import FORMATS, read_eval_data
 
@@ -106,6 +105,7 @@ def evaluate_model(role: str, path: Path, records: list[ParallelRecord], languag
     from mpo_dist.eval.generation import PromptItem, generate_and_judge
     from mpo_dist.eval.report import ModelScores, safety_counts
     from mpo_dist.eval.reward_gaps import model_reward_gaps
+    from mpo_dist.models.tokenizer import load_tokenizer
 
     ctx.say(f"{role}: loading {path}")
     tokenizer = load_tokenizer(path)
