@@ -3,8 +3,11 @@ itself here; this file only dispatches."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+from mpo_dist.errors import DEBUG_ENV, EXIT_USER_ERROR, UserError
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -32,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mpo_dist.eval.command import register as register_eval
 
     parser = argparse.ArgumentParser(prog="mpo-dist", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of a user error too (or {DEBUG_ENV}=1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train MPO / MLC / a baseline (run under torchrun or srun)")
@@ -57,8 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    """Run one sub-command. A UserError (bad config, data, path, checkpoint) is one line on stderr and exit 2; its
+    traceback only with --debug or MPO_DIST_DEBUG=1. Any other exception is our bug and keeps its traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as error:
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"mpo-dist {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from mpo_dist.errors import UserError
 from mpo_dist.losses import LOSSES
 from mpo_dist.losses.cpo import CPOOptions
 from mpo_dist.losses.dpo import DPOOptions
@@ -24,7 +25,7 @@ from mpo_dist.losses.orpo import ORPOOptions
 from mpo_dist.losses.simpo import SimPOOptions
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration value is missing, unknown or invalid; the message names the dotted key."""
 
 

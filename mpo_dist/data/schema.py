@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mpo_dist.errors import UserError
+
 # ISO 639-1 codes (plus a few 639-3 ones used by the papers) that mpo-dist accepts; an unknown code is a typo far more often
 # than a new language, so it is an error.
 KNOWN_LANGUAGES: dict[str, str] = {
@@ -22,7 +24,7 @@ KNOWN_LANGUAGES: dict[str, str] = {
 TEXT_FIELDS = ("prompt", "chosen", "rejected")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Invalid input data; the message names the file, the 1-based row and the field."""
 
     def __init__(self, file: str, row: int | None, field_name: str | None, problem: str):

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from mpo_dist.config import Config
+from mpo_dist.errors import UserError
 
 
-class DeepSpeedConfigError(ValueError):
+class DeepSpeedConfigError(UserError):
     """A template is unreadable or keeps an "auto" that mpo-dist cannot fill."""
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from mpo_dist.engine.hf_export import MODEL_PREFIX, hf_state_dict, write_hf_directory
+from mpo_dist.errors import UserError
 from mpo_dist.models.tokenizer import load_tokenizer
 from mpo_dist.train.checkpoint import COMPLETE_MARKER, is_complete
 
@@ -22,7 +23,7 @@ EXAMPLE_TAG_DIR = "<output_dir>/checkpoints/step_00000100"
 RANK0_MODEL_STATES = "zero_pp_rank_0_mp_rank_00_model_states.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A path is not a usable mpo-dist checkpoint; the message says what is wrong and what was expected."""
 
 

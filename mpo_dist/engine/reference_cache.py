@@ -27,6 +27,7 @@ import torch
 from mpo_dist.config import Config
 from mpo_dist.data.collate import Batch
 from mpo_dist.data.loading import resolve_path
+from mpo_dist.errors import UserError
 from mpo_dist.losses import build_loss
 from mpo_dist.losses.base import PreferenceLoss, SequenceLogps
 from mpo_dist.train.step import ReferenceTerms, sequence_sums
@@ -41,7 +42,7 @@ REBUILD_HINT = ("rebuild it with the run's config and overrides (under torchrun 
                 "mpo-dist precompute-ref --config CONFIG [--set KEY=VALUE ...] --out {directory}")
 
 
-class StaleReferenceCacheError(ValueError):
+class StaleReferenceCacheError(UserError):
     """The cache does not belong to this run (other model, data, settings or loss) or lacks some of its examples."""
 
 

@@ -13,10 +13,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mpo_dist.errors import UserError
+
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(UserError):
     """--model does not name a usable config: the message says what was wrong and what is accepted."""
 
 
