@@ -74,7 +74,7 @@ def log_odds(mean_logprob: float) -> float:
 
 
 def expected_pair(name: str, options: dict, policy: ResponseScores, reference: ResponseScores) -> tuple[float, float, float]:
-    """(loss, chosen reward, rejected reward) of one pair, from the textbook definitions (METHODS.md section 3)."""
+    """(loss, chosen reward, rejected reward) of one pair, from the textbook definitions (docs/methods/baselines.md)."""
     if name == "dpo":
         chosen = options["beta"] * (policy.chosen_sum - reference.chosen_sum)
         rejected = options["beta"] * (policy.rejected_sum - reference.rejected_sum)

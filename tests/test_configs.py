@@ -16,7 +16,7 @@ from conftest import REPO_ROOT
 RUN_CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
 DEEPSPEED_TEMPLATES = sorted((REPO_ROOT / "deepspeed_configs").glob("*.json"))
 MODEL_PLACEHOLDER = "model.path=/models/placeholder"  # load_config checks that a path is set, not that it exists
-RELEASED_MPO = {  # METHODS.md §1: beta, learning rate, dominant language
+RELEASED_MPO = {  # docs/methods/mpo.md, paper settings: beta, learning rate, dominant language
     "llama-3.1-8b-mpo.yaml": (1.0, 6e-7, "en"),
     "gemma-2-9b-mpo.yaml": (1.5, 4e-7, "en"),
     "qwen2.5-7b-mpo.yaml": (1.5, 6e-7, "zh"),

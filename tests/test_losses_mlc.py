@@ -12,7 +12,7 @@ TAU = 0.2
 
 
 def reference_mlc(z: torch.Tensor, tau: float, eps: float = 1e-12) -> torch.Tensor:
-    """METHODS.md §2 written out in float64 with torch.linalg.svdvals."""
+    """docs/methods/mlc.md written out in float64 with torch.linalg.svdvals."""
     z = z.double()
     unit = z / (z.pow(2).sum(-1, keepdim=True).sqrt() + eps)
     sigma = torch.linalg.svdvals(unit)

@@ -1,4 +1,4 @@
-"""MPO loss vs an independent float64 implementation of METHODS.md §1, plus a hand-computed gradient."""
+"""MPO loss vs an independent float64 implementation of docs/methods/mpo.md, plus a hand-computed gradient."""
 import zlib
 
 import pytest

@@ -37,7 +37,7 @@ PROJECTION = ("mlc_projection.linear.weight", "mlc_projection.linear.bias")
 
 
 def float64_mlc_loss(vectors: torch.Tensor, tau: float) -> float:
-    """L_MLC of one prompt from its projected vectors [L, D] (METHODS.md section 2), in float64."""
+    """L_MLC of one prompt from its projected vectors [L, D] (docs/methods/mlc.md), in float64."""
     unit = vectors / vectors.norm(dim=-1, keepdim=True)
     sigma = torch.linalg.svdvals(unit)
     return float(-torch.log_softmax(sigma / sigma[0] / tau, dim=0)[0])

@@ -1,6 +1,6 @@
 """Reference terms computed once by `mpo-dist precompute-ref` and read back during training, keyed by example id.
 
-MPO's reference terms depend only on the frozen initial model and the dominant-language data (METHODS.md §1), the DPO
+MPO's reference terms depend only on the frozen initial model and the dominant-language data (docs/methods/mpo.md), the DPO
 family's only on the frozen model and the training pair. One pass before training therefore replaces the reference
 forward of every step: training with `engine.reference: cache` builds no second ZeRO-3 engine and moves no offloaded
 parameters.

@@ -1,4 +1,4 @@
-"""MLC: Multi-Lingual Consistency auxiliary loss (Bu et al., ICLR 2026). Formulas: docs METHODS.md §2.
+"""MLC: Multi-Lingual Consistency auxiliary loss (Bu et al., ICLR 2026). Formulas: docs/methods/mlc.md.
 
 The representations of one prompt in L languages are projected, normalised, stacked into an L × D matrix
 and pushed towards rank 1: a cross-entropy over its (top-normalised) singular values with the top one as

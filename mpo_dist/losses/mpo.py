@@ -1,4 +1,4 @@
-"""MPO: Multilingual reward gaP Optimization (Zhao et al., ACL 2025). Formulas: docs METHODS.md §1.
+"""MPO: Multilingual reward gaP Optimization (Zhao et al., ACL 2025). Formulas: docs/methods/mpo.md.
 
 L1 = mean_P (β·RG^t_θ − RG^d_ref)²   pulls the policy's target-language reward gap to the reference's
                                       dominant-language gap;
