@@ -210,8 +210,8 @@ def mpo_dist_step(args: argparse.Namespace, model_dir: Path, examples: list, dty
     from mpo_dist.engine.engines import PolicyEngine, build_alignment_model
     from mpo_dist.engine.reference_cache import (ReferenceCache, cached_term_names, term_tensors, write_index,
                                                  write_shard)
-    from mpo_dist.engine.zero3_loading import DTYPES
     from mpo_dist.losses import build_loss
+    from mpo_dist.runtime import torch_dtype
     from mpo_dist.train.build import model_options, reference_engine
     from mpo_dist.train.step import ReferencePlan, preference_inputs, reference_terms
 
@@ -241,7 +241,7 @@ def mpo_dist_step(args: argparse.Namespace, model_dir: Path, examples: list, dty
     cache = ReferenceCache.open(cache_dir, {}, device)
 
     policy_ds = render_policy_config(config, world_size=1, dtype=dtype_name, hidden_size=args.hidden, on_gpu=on_gpu)
-    model = build_alignment_model(str(model_dir), policy_ds, DTYPES[dtype_name],
+    model = build_alignment_model(str(model_dir), policy_ds, torch_dtype(dtype_name),
                                   gradient_checkpointing=config.model.gradient_checkpointing,
                                   checkpointed_layers=config.model.checkpointed_layers, **model_options(config))
     policy = PolicyEngine(model, policy_ds, lambda step: 1.0)
@@ -269,12 +269,13 @@ def naive_step(args: argparse.Namespace, model_dir: Path, examples: list, dtype_
     from mpo_dist.config import load_config
     from mpo_dist.data.collate import PreferenceCollator
     from mpo_dist.engine.ds_config import render_policy_config, render_reference_config
-    from mpo_dist.engine.zero3_loading import DTYPES, load_causal_lm
+    from mpo_dist.engine.zero3_loading import load_causal_lm
     from mpo_dist.models.activation_checkpointing import enable_activation_checkpointing
+    from mpo_dist.runtime import torch_dtype
 
     config = load_config(None, [f"model.path={model_dir}", f"model.dtype={dtype_name}",
                                 f"train.micro_batch_size={args.pairs}", *policy_override(args)])
-    dtype, on_gpu = DTYPES[dtype_name], device.type == "cuda"
+    dtype, on_gpu = torch_dtype(dtype_name), device.type == "cuda"
     policy_ds = render_policy_config(config, world_size=1, dtype=dtype_name, hidden_size=args.hidden, on_gpu=on_gpu)
     hf_policy = load_causal_lm(model_dir, policy_ds, dtype, args.attn)
     enable_activation_checkpointing(hf_policy)
@@ -418,14 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     resolve_attention(args, device)
     if args.run_one:
         return run_one(args, device, dtype_name)
-    from mpo_dist.engine.zero3_loading import DTYPES
+    from mpo_dist.runtime import torch_dtype
 
     lengths = [len(s.input_ids) for e in synthetic_examples(args)
                for s in (e.chosen, e.rejected, e.anchor_chosen, e.anchor_rejected)]
     peak = peak_tflops(args, device)
     with tempfile.TemporaryDirectory(prefix="mpo_dist_bench_") as scratch:
         model_dir = Path(scratch) / "model"
-        params = write_random_llama(args, model_dir, DTYPES[dtype_name], device)
+        params = write_random_llama(args, model_dir, torch_dtype(dtype_name), device)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke run)"

@@ -6,12 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from mpo_dist.runtime import DTYPE_CHOICES
+
 
 def _export(args: argparse.Namespace) -> int:
-    from mpo_dist.engine.offline_export import EXPORT_DTYPES, CheckpointError, export_checkpoint
+    from mpo_dist.engine.offline_export import CheckpointError, export_checkpoint
+    from mpo_dist.runtime import torch_dtype
 
     try:
-        out = export_checkpoint(args.checkpoint, args.out, EXPORT_DTYPES[args.dtype], model_dir=args.model_dir,
+        out = export_checkpoint(args.checkpoint, args.out, torch_dtype(args.dtype), model_dir=args.model_dir,
                                 max_shard_size=args.max_shard_size, overwrite=args.overwrite)
     except CheckpointError as error:
         print(f"mpo-dist export: {error}", file=sys.stderr)
@@ -44,7 +47,7 @@ def register(subparsers) -> None:
                     "config, tokenizer, generation config; plus mlc_projection.safetensors when the run trained MLC.")
     export.add_argument("checkpoint", type=Path, help="checkpoint tag directory, e.g. runs/mpo/checkpoints/step_00000100")
     export.add_argument("out", type=Path, help="output directory (created atomically)")
-    export.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="weight dtype (default bf16)")
+    export.add_argument("--dtype", choices=DTYPE_CHOICES, default="bf16", help="weight dtype (default bf16)")
     export.add_argument("--model-dir", type=Path,
                         help="source Hugging Face directory with its tokenizer, when the recorded model.path / model.tokenizer moved")
     export.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")

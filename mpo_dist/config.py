@@ -23,6 +23,7 @@ from mpo_dist.losses.mlc import MLCOptions
 from mpo_dist.losses.mpo import MPOOptions
 from mpo_dist.losses.orpo import ORPOOptions
 from mpo_dist.losses.simpo import SimPOOptions
+from mpo_dist.runtime import DTYPE_CHOICES
 
 
 class ConfigError(UserError):
@@ -146,7 +147,7 @@ class Config:
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "model.dtype": ("auto", "fp32", "bf16", "fp16"),
+    "model.dtype": ("auto", *DTYPE_CHOICES),
     "model.logprob_backend": ("auto", "triton", "torch"),
     "model.attn_implementation": ("sdpa", "eager", "flash_attention_2"),
     "loss.name": tuple(LOSSES),

@@ -55,10 +55,10 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
     from mpo_dist.engine.reference_cache import (cached_term_names, prepare_directory, reference_fingerprint,
                                                  require_unique_ids, term_tensors, write_index, write_shard)
     from mpo_dist.losses import build_loss
+    from mpo_dist.runtime import resolve_dtype
     from mpo_dist.train.build import reference_engine, run_examples, run_tokenizer
     from mpo_dist.train.logger import setup_console_logging
     from mpo_dist.train.step import ReferencePlan, reference_terms
-    from mpo_dist.train.trainer import resolve_dtype
 
     loss = build_loss(config.loss.name, config.loss.options())
     if not (loss.needs_reference or loss.needs_anchor):

@@ -18,7 +18,6 @@ from mpo_dist.train.checkpoint import COMPLETE_MARKER, is_complete
 
 MLC_PREFIX = "mlc_projection."
 MLC_FILE = "mlc_projection.safetensors"  # written next to the HF model; training-only, unused at inference
-EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EXAMPLE_TAG_DIR = "<output_dir>/checkpoints/step_00000100"
 RANK0_MODEL_STATES = "zero_pp_rank_0_mp_rank_00_model_states.pt"
 

@@ -15,8 +15,6 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.initialization import no_init_weights
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def safetensors_index(model_dir: Path) -> dict[str, Path]:
     """Tensor name -> shard file, from model.safetensors.index.json or the single model.safetensors."""

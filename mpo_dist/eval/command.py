@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from mpo_dist.data.schema import DataError, ParallelRecord
 from mpo_dist.eval.readers import FORMATS, read_eval_data
+from mpo_dist.runtime import DTYPE_CHOICES
 
 if TYPE_CHECKING:  # torch and transformers are imported when the command runs, so `mpo-dist --help` stays fast
     import torch
@@ -25,7 +26,6 @@ if TYPE_CHECKING:  # torch and transformers are imported when the command runs, 
     from mpo_dist.eval.report import ModelScores
 
 GENERATIONS_FILE = "generations.jsonl"
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -74,14 +74,6 @@ def check_model_dir(path: Path, option: str) -> Path:
     raise FileNotFoundError(f"{option} {path} is not a Hugging Face model directory (no config.json)")
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
 def generation_settings(args: argparse.Namespace) -> GenerationSettings:
     from mpo_dist.eval.generation import GenerationSettings
 
@@ -106,10 +98,12 @@ def evaluate_model(role: str, path: Path, records: list[ParallelRecord], languag
     from mpo_dist.eval.report import ModelScores, safety_counts
     from mpo_dist.eval.reward_gaps import model_reward_gaps
     from mpo_dist.models.tokenizer import load_tokenizer
+    from mpo_dist.runtime import resolve_dtype, torch_dtype
 
     ctx.say(f"{role}: loading {path}")
     tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(args.dtype, ctx.device), local_files_only=True)
+    dtype = torch_dtype(resolve_dtype(args.dtype, on_gpu=ctx.device.type == "cuda"))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     model.to(ctx.device).eval()
     encoder = ChatEncoder(tokenizer, args.max_length, args.max_prompt_length, args.system_prompt)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -225,6 +219,6 @@ def register(subparsers) -> None:
     parser.add_argument("--max-length", type=int, default=1024, help="prompt + response tokens for reward gaps (default 1024)")
     parser.add_argument("--max-prompt-length", type=int, default=512, help="prompt tokens kept, from the end (default 512)")
     parser.add_argument("--system-prompt", default="", help="system message, as data.system_prompt in training (default none)")
-    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                        help="model dtype; auto = bfloat16 on GPU, float32 on CPU")
+    parser.add_argument("--dtype", choices=["auto", *DTYPE_CHOICES], default="auto",
+                        help="model dtype; auto = bf16 on GPU, fp32 on CPU")
     parser.set_defaults(func=run)

@@ -12,8 +12,8 @@ from mpo_dist.data.loading import load_all
 from mpo_dist.data.tokenize import ChatEncoder
 from mpo_dist.engine.ds_config import render_reference_config
 from mpo_dist.engine.engines import ReferenceEngine, build_alignment_model
-from mpo_dist.engine.zero3_loading import DTYPES
 from mpo_dist.models.tokenizer import load_tokenizer
+from mpo_dist.runtime import torch_dtype
 
 
 def run_tokenizer(config: Config) -> PreTrainedTokenizerBase:
@@ -51,5 +51,5 @@ def model_options(config: Config) -> dict:
 def reference_engine(config: Config, *, world_size: int, on_gpu: bool, dtype_name: str, hidden_size: int) -> ReferenceEngine:
     """The frozen reference: a ZeRO-3 engine per engine.reference_config (offloaded to CPU by default)."""
     ds_config = render_reference_config(config, world_size=world_size, dtype=dtype_name, hidden_size=hidden_size, on_gpu=on_gpu)
-    model = build_alignment_model(config.model.path, ds_config, DTYPES[dtype_name], **model_options(config))
+    model = build_alignment_model(config.model.path, ds_config, torch_dtype(dtype_name), **model_options(config))
     return ReferenceEngine(model, ds_config)

@@ -9,12 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from transformers import AutoConfig
@@ -35,10 +33,10 @@ from mpo_dist.engine.engines import (
 from mpo_dist.engine.hf_export import export_live_policy
 from mpo_dist.engine.reference_cache import ReferenceCache, reference_fingerprint
 from mpo_dist.engine.universal import is_universal
-from mpo_dist.engine.zero3_loading import DTYPES
 from mpo_dist.losses import build_loss
 from mpo_dist.losses.base import LossOutput
 from mpo_dist.losses.mlc import mlc_applies
+from mpo_dist.runtime import resolve_dtype, seed_everything, torch_dtype
 from mpo_dist.train.build import model_options, reference_engine, run_examples, run_tokenizer
 from mpo_dist.train.checkpoint import CheckpointManager, resolve_resume
 from mpo_dist.train.evaluate import reward_gaps
@@ -59,16 +57,6 @@ class TrainResult:
     steps_done: int
     losses: list[float] = field(default_factory=list)  # mean loss of each optimiser step run in this process
     eval_history: list[dict] = field(default_factory=list)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_dtype(name: str, on_gpu: bool) -> str:
-    return ("bf16" if on_gpu else "fp32") if name == "auto" else name
 
 
 class Trainer:
@@ -128,7 +116,7 @@ class Trainer:
         if self.resume_dir is not None and is_universal(self.resume_dir):  # written at another world size
             ds_config = with_universal_loading(ds_config)
         model = build_alignment_model(
-            config.model.path, ds_config, DTYPES[self.dtype_name], gradient_checkpointing=config.model.gradient_checkpointing,
+            config.model.path, ds_config, torch_dtype(self.dtype_name), gradient_checkpointing=config.model.gradient_checkpointing,
             checkpointed_layers=config.model.checkpointed_layers, mlc_dim=config.mlc.dim if config.mlc.enabled else 0,
             mlc_layer=config.mlc.layer, seed=config.train.seed, **model_options(config),
         )
@@ -275,7 +263,7 @@ class Trainer:
             self.save(self.total_steps)
             if config.train.save_hf_at_end:
                 export_live_policy(self.policy, Path(config.model.path), self.output_dir / "hf", self.tokenizer,
-                                   DTYPES[self.dtype_name], self.ctx.rank)
+                                   torch_dtype(self.dtype_name), self.ctx.rank)
             if self.ctx.is_main:
                 (self.output_dir / COMPLETED_FILE).write_text(f"{self.total_steps}\n")
             barrier()
