@@ -5,7 +5,9 @@ a 70B job fails on the login node instead of after the queue wait.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from mpo_dist.data.schema import KNOWN_LANGUAGES
 from mpo_dist.errors import UserError
 from mpo_dist.losses import LOSSES
 from mpo_dist.losses.cpo import CPOOptions
@@ -30,48 +33,63 @@ class ConfigError(UserError):
     """A configuration value is missing, unknown or invalid; the message names the dotted key."""
 
 
+def option(default: Any, meaning: str) -> Any:
+    """A config field that carries its one-line meaning, so `mpo-dist config-keys` prints what the code holds, not a
+    second copy of it in prose. Mutable defaults (lists, sections) are copied per instance; dataclasses.MISSING makes
+    the key required."""
+    if default is dataclasses.MISSING:
+        return field(metadata={"meaning": meaning})
+    if isinstance(default, list) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"meaning": meaning})
+    return field(default=default, metadata={"meaning": meaning})
+
+
 @dataclass
 class ModelConfig:
-    path: str = ""  # local Hugging Face model directory (no hub access); `mpo-dist init-tiny` makes tiny ones
-    tokenizer: str = ""  # tokenizer directory; empty = same as `path`
-    dtype: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 on GPU, fp32 on CPU
-    logprob_backend: str = "auto"  # auto | triton | torch; auto = triton on GPU, chunked torch on CPU
-    logprob_chunk_size: int = 1024  # rows per chunk of the torch log-prob twin
-    gradient_checkpointing: bool = False
-    checkpointed_layers: int = -1  # with gradient_checkpointing: recompute only the first N decoder layers; -1 = all
-    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
+    path: str = option("", "local Hugging Face model directory (no hub access); `mpo-dist init-tiny` makes tiny ones")
+    tokenizer: str = option("", "tokenizer directory; empty = same as model.path")
+    dtype: str = option("auto", "auto | fp32 | bf16 | fp16; auto = bf16 on GPU, fp32 on CPU")
+    logprob_backend: str = option("auto", "auto | triton | torch; auto = triton on GPU, chunked torch on CPU")
+    logprob_chunk_size: int = option(1024, "rows per chunk of the torch log-prob twin")
+    gradient_checkpointing: bool = option(False, "recompute decoder layers in backward (activation checkpointing)")
+    checkpointed_layers: int = option(-1, "with gradient_checkpointing: recompute only the first N decoder layers; "
+                                          "-1 = all")
+    attn_implementation: str = option("sdpa", "sdpa | eager | flash_attention_2")
 
 
 @dataclass
 class DataFile:
-    path: str
-    format: str = "auto"  # auto | unified | mpo | mlc
-    source_language: str = ""  # released MPO format only: language of source_* fields (default: data.dominant_language)
-    target_language: str = ""  # released MPO format only: language of target_* fields (required for that format)
+    path: str = option(dataclasses.MISSING, "a .jsonl / .json / .parquet file, a `datasets` directory, or sample:train / sample:heldout")
+    format: str = option("auto", "auto | unified | mpo | mlc")
+    source_language: str = option("", "released MPO format only: language of source_* fields "
+                                      "(default: data.dominant_language)")
+    target_language: str = option("", "released MPO format only: language of target_* fields (required there)")
 
 
 @dataclass
 class DataConfig:
-    train_files: list[DataFile] = field(default_factory=lambda: [DataFile("sample:train")])
-    eval_files: list[DataFile] = field(default_factory=lambda: [DataFile("sample:heldout")])
-    dominant_language: str = "en"
-    languages: list[str] = field(default_factory=list)  # training languages; empty = every language in the data
-    max_length: int = 1024  # prompt + response tokens per sequence
-    max_prompt_length: int = 512
-    skip_bad_rows: bool = False  # True: skip invalid rows and log how many; False: first bad row is an error
-    system_prompt: str = ""
-    packing: bool = False  # one row per micro-batch, sequences end to end (no padding compute); same results as padded
+    train_files: list[DataFile] = option([DataFile("sample:train")], "training files (paths or {path, format, "
+                                                                      "source_language, target_language})")
+    eval_files: list[DataFile] = option([DataFile("sample:heldout")], "held-out files for per-language reward gaps")
+    dominant_language: str = option("en", "MPO's anchor language (the one the model is already aligned in)")
+    languages: list[str] = option([], "training languages; empty = every language in the data")
+    max_length: int = option(1024, "prompt + response tokens per sequence (longer ones are truncated)")
+    max_prompt_length: int = option(512, "prompt tokens kept (from the end of the prompt)")
+    skip_bad_rows: bool = option(False, "true: skip invalid rows and log how many; false: the first bad row is an error")
+    system_prompt: str = option("", "system message rendered before every prompt")
+    packing: bool = option(False, "one row per micro-batch, sequences end to end (no padding compute); "
+                                  "same results as padded")
 
 
 @dataclass
 class LossConfig:
-    name: str = "mpo"  # mpo | dpo | ipo | simpo | orpo | cpo
-    mpo: MPOOptions = field(default_factory=MPOOptions)
-    dpo: DPOOptions = field(default_factory=DPOOptions)
-    ipo: IPOOptions = field(default_factory=IPOOptions)
-    simpo: SimPOOptions = field(default_factory=SimPOOptions)
-    orpo: ORPOOptions = field(default_factory=ORPOOptions)
-    cpo: CPOOptions = field(default_factory=CPOOptions)
+    name: str = option("mpo", "mpo | dpo | ipo | simpo | orpo | cpo")
+    mpo: MPOOptions = option(MPOOptions(), "MPO options (docs/methods/mpo.md)")
+    dpo: DPOOptions = option(DPOOptions(), "DPO options (docs/methods/baselines.md)")
+    ipo: IPOOptions = option(IPOOptions(), "IPO options (docs/methods/baselines.md)")
+    simpo: SimPOOptions = option(SimPOOptions(), "SimPO options (docs/methods/baselines.md)")
+    orpo: ORPOOptions = option(ORPOOptions(), "ORPO options (docs/methods/baselines.md)")
+    cpo: CPOOptions = option(CPOOptions(), "CPO options (docs/methods/baselines.md)")
 
     def options(self) -> Any:
         return getattr(self, self.name)
@@ -79,67 +97,68 @@ class LossConfig:
 
 @dataclass
 class MLCConfig(MLCOptions):
-    enabled: bool = False
+    enabled: bool = option(False, "add the MLC consistency loss (docs/methods/mlc.md)")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 6e-7
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    warmup_ratio: float = 0.1
-    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
-    max_grad_norm: float = 1.0
+    lr: float = option(6e-7, "peak learning rate (AdamW), > 0")
+    weight_decay: float = option(0.0, "AdamW weight decay, >= 0")
+    betas: list[float] = option([0.9, 0.95], "AdamW betas, two numbers in [0, 1)")
+    eps: float = option(1e-8, "AdamW epsilon, > 0")
+    warmup_ratio: float = option(0.1, "fraction of the optimiser steps with linear warmup, in [0, 1)")
+    min_lr_ratio: float = option(0.0, "cosine floor as a fraction of lr, in [0, 1]")
+    max_grad_norm: float = option(1.0, "gradient clipping norm, > 0")
 
 
 @dataclass
 class TrainConfig:
-    output_dir: str = "runs/mpo"
-    epochs: int = 2
-    max_steps: int = 0  # optimiser steps; 0 = derived from epochs
-    micro_batch_size: int = 1  # preference examples per rank per micro-step
-    gradient_accumulation: int = 1
-    seed: int = 42
-    eval_every: int = 0  # optimiser steps between held-out reward-gap evaluations; 0 = only at start and end
-    log_every: int = 1
-    save_hf_at_end: bool = False  # also write a Hugging Face directory (<output_dir>/hf) when training completes
+    output_dir: str = option("runs/mpo", "checkpoints, logs and metrics go here")
+    epochs: int = option(2, "passes over the training examples (when train.max_steps is 0)")
+    max_steps: int = option(0, "optimiser steps; 0 = derived from epochs")
+    micro_batch_size: int = option(1, "preference examples per rank per micro-step")
+    gradient_accumulation: int = option(1, "micro-steps per optimiser step")
+    seed: int = option(42, "data order, initialisation and dropout seed")
+    eval_every: int = option(0, "optimiser steps between held-out reward-gap evaluations; 0 = only at start and end")
+    log_every: int = option(1, "optimiser steps between metric log lines")
+    save_hf_at_end: bool = option(False, "also write a Hugging Face directory (<output_dir>/hf) when training completes")
 
 
 @dataclass
 class EngineConfig:
-    policy_config: str = "deepspeed_configs/zero3_policy.json"
-    reference_config: str = "deepspeed_configs/zero3_reference_offload.json"
-    reference: str = "online"  # online: a second ZeRO-3 engine offloaded to CPU | cache: precomputed terms | none
-    reference_cache: str = ""  # engine.reference=cache: directory written by `mpo-dist precompute-ref`
+    policy_config: str = option("deepspeed_configs/zero3_policy.json", "DeepSpeed template of the trained policy")
+    reference_config: str = option("deepspeed_configs/zero3_reference_offload.json",
+                                   "DeepSpeed template of the frozen reference")
+    reference: str = option("online", "online: a second ZeRO-3 engine offloaded to CPU | cache: precomputed terms | none")
+    reference_cache: str = option("", "engine.reference=cache: directory written by `mpo-dist precompute-ref`")
 
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 0  # 0 = no step-based saves
-    every_minutes: float = 0.0  # wall-clock save policy; 0 = off
-    keep_last: int = 2
-    resume: str = "none"  # none | auto (newest complete checkpoint in output_dir) | PATH to a checkpoint tag directory
+    every_steps: int = option(0, "save every N optimiser steps; 0 = no step-based saves")
+    every_minutes: float = option(0.0, "save every N minutes of wall-clock time; 0 = off")
+    keep_last: int = option(2, "complete checkpoints kept (older ones are pruned)")
+    resume: str = option("none", "none | auto (newest complete checkpoint in output_dir) | PATH to a checkpoint tag")
 
 
 @dataclass
 class LoggingConfig:
-    tensorboard: bool = True
-    progress_bar: bool = True
-    log_samples: bool = True  # write the example ids of every step to <output_dir>/samples.jsonl
+    tensorboard: bool = option(True, "write TensorBoard event files")
+    progress_bar: bool = option(True, "show a progress bar on rank 0")
+    log_samples: bool = option(True, "write the example ids of every step to <output_dir>/samples.jsonl")
 
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    mlc: MLCConfig = field(default_factory=MLCConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    model: ModelConfig = option(ModelConfig(), "the model to train (docs/models.md)")
+    data: DataConfig = option(DataConfig(), "training and held-out data (docs/data.md)")
+    loss: LossConfig = option(LossConfig(), "the preference loss and its options (docs/methods/)")
+    mlc: MLCConfig = option(MLCConfig(), "the MLC auxiliary loss; its options are described in docs/methods/mlc.md")
+    optim: OptimConfig = option(OptimConfig(), "AdamW and the warmup + cosine schedule")
+    train: TrainConfig = option(TrainConfig(), "the loop: length, batch sizes, evaluation")
+    engine: EngineConfig = option(EngineConfig(), "DeepSpeed templates and the reference model (docs/scaling.md)")
+    checkpoint: CheckpointConfig = option(CheckpointConfig(), "saving and resuming (docs/checkpoints.md)")
+    logging: LoggingConfig = option(LoggingConfig(), "TensorBoard, progress bar, sample log")
 
     @property
     def output_dir(self) -> Path:
@@ -151,8 +170,6 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.logprob_backend": ("auto", "triton", "torch"),
     "model.attn_implementation": ("sdpa", "eager", "flash_attention_2"),
     "loss.name": tuple(LOSSES),
-    "loss.mpo.gap": ("length_normalized", "dpo"),
-    "loss.mpo.pooling": ("masked", "all_positions"),
     "engine.reference": ("online", "cache", "none"),
 }
 _FILE_FORMATS = ("auto", "unified", "mpo", "mlc")
@@ -227,6 +244,13 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         raise ConfigError(f"{prefix or 'config'}: {error}") from None
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: the problem and where, without the quoted source lines."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
 def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
     parts = dotted.split(".")
     node = tree
@@ -234,7 +258,10 @@ def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {dotted}: the value {raw!r} is not valid YAML: {_yaml_problem(error)}") from None
 
 
 def validate(config: Config) -> None:
@@ -260,12 +287,20 @@ def validate(config: Config) -> None:
         "data.max_length": config.data.max_length,
         "data.max_prompt_length": config.data.max_prompt_length,
         "model.logprob_chunk_size": config.model.logprob_chunk_size,
-        "mlc.every": config.mlc.every,
-        "mlc.dim": config.mlc.dim,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
+    for key, value in {"train.epochs": config.train.epochs, "train.max_steps": config.train.max_steps,
+                       "train.eval_every": config.train.eval_every,
+                       "checkpoint.every_steps": config.checkpoint.every_steps}.items():
+        if value < 0:
+            raise ConfigError(f"{key}: must be >= 0 (0 = off / derived), got {value}")
+    _check_optimizer(config.optim)
+    if not (math.isfinite(config.checkpoint.every_minutes) and config.checkpoint.every_minutes >= 0):
+        raise ConfigError(f"checkpoint.every_minutes: must be a finite number >= 0 (0 = off), "
+                          f"got {config.checkpoint.every_minutes}")
+    _check_languages(config)
     if config.model.checkpointed_layers < -1:
         raise ConfigError(f"model.checkpointed_layers: must be -1 (all layers) or a number of layers >= 0, "
                           f"got {config.model.checkpointed_layers}")
@@ -278,14 +313,8 @@ def validate(config: Config) -> None:
             f"data.max_prompt_length ({config.data.max_prompt_length}) must be smaller than data.max_length "
             f"({config.data.max_length}) so every response keeps at least one token"
         )
-    if not 0.0 <= config.optim.warmup_ratio < 1.0:
-        raise ConfigError(f"optim.warmup_ratio: must be in [0, 1), got {config.optim.warmup_ratio}")
-    if len(config.optim.betas) != 2:
-        raise ConfigError(f"optim.betas: expected two numbers, got {config.optim.betas}")
     if config.checkpoint.keep_last < 1:
         raise ConfigError(f"checkpoint.keep_last: must be >= 1, got {config.checkpoint.keep_last}")
-    if config.mlc.enabled and len(config.mlc.languages) < 2:
-        raise ConfigError(f"mlc.languages: MLC needs at least two languages, got {config.mlc.languages}")
     if config.data.packing and config.loss.name == "mpo" and config.loss.mpo.pooling == "all_positions":
         raise ConfigError("loss.mpo.pooling: 'all_positions' (mean including right padding) has no meaning with "
                           "data.packing=true, where there is no padding; use pooling 'masked' or turn packing off")
@@ -294,6 +323,42 @@ def validate(config: Config) -> None:
                           "use 'online' or 'cache'")
     if config.engine.reference == "cache":
         _check_reference_cache_settings(config)
+
+
+def _check_optimizer(optim: OptimConfig) -> None:
+    """Ranges of the optimiser and schedule settings: a negative or NaN lr would otherwise fail late inside torch."""
+    ranges = {  # key: (value, allowed, expected)
+        "optim.lr": (optim.lr, optim.lr > 0, "a finite number > 0"),
+        "optim.weight_decay": (optim.weight_decay, optim.weight_decay >= 0, "a finite number >= 0"),
+        "optim.eps": (optim.eps, optim.eps > 0, "a finite number > 0"),
+        "optim.max_grad_norm": (optim.max_grad_norm, optim.max_grad_norm > 0, "a finite number > 0"),
+        "optim.warmup_ratio": (optim.warmup_ratio, 0.0 <= optim.warmup_ratio < 1.0, "in [0, 1)"),
+        "optim.min_lr_ratio": (optim.min_lr_ratio, 0.0 <= optim.min_lr_ratio <= 1.0, "in [0, 1]"),
+    }
+    for key, (value, allowed, expected) in ranges.items():
+        if not (allowed and math.isfinite(value)):
+            raise ConfigError(f"{key}: must be {expected}, got {value}")
+    if len(optim.betas) != 2 or not all(0.0 <= beta < 1.0 for beta in optim.betas):
+        raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {optim.betas}")
+
+
+def _check_languages(config: Config) -> None:
+    """Every configured language code must be one mpo-dist knows: a typo ('jp') would otherwise drop a language
+    silently or surface as an error in row 1 of a data file."""
+    keys: dict[str, list[str]] = {"data.dominant_language": [config.data.dominant_language],
+                                  "data.languages": config.data.languages, "mlc.languages": config.mlc.languages}
+    for section in ("train_files", "eval_files"):
+        for i, data_file in enumerate(getattr(config.data, section)):
+            for name in ("source_language", "target_language"):
+                keys[f"data.{section}[{i}].{name}"] = [code for code in [getattr(data_file, name)] if code]
+    for key, codes in keys.items():
+        unknown = [code for code in codes if code not in KNOWN_LANGUAGES]
+        if unknown:
+            raise ConfigError(f"{key}: unknown language code(s) {', '.join(map(repr, unknown))}; known codes: "
+                              f"{', '.join(sorted(KNOWN_LANGUAGES))}")
+    repeated = sorted({code for code in config.data.languages if config.data.languages.count(code) > 1})
+    if repeated:
+        raise ConfigError(f"data.languages: {', '.join(repeated)} listed more than once")
 
 
 def _check_reference_cache_settings(config: Config) -> None:
@@ -325,7 +390,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path}: invalid YAML: {error}") from None
+            raise ConfigError(f"config file {path}: invalid YAML: {_yaml_problem(error)}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
     for override in overrides or []:

@@ -1,7 +1,8 @@
 """Load records from .jsonl / .json / .parquet files or `datasets` saved directories.
 
-The `datasets` library does the reading (memory-mapped Arrow, the same code path users already trust). When it rejects a
-JSON file, the file is re-scanned line by line so the error can name the row and field instead of an Arrow cast message.
+JSON is parsed here, row by row with 1-based row numbers: the `datasets` JSON loader infers one Arrow schema for the whole
+file and, when a row breaks it, logs its own 0-based "row N" (contradicting ours) and an Arrow cast message instead of the
+field. Parquet files and `datasets` directories are columnar already and are read through `datasets`.
 """
 from __future__ import annotations
 
@@ -31,28 +32,41 @@ def resolve_path(path: str) -> Path:
     return Path(path)
 
 
-def _scan_json_rows(path: Path) -> Iterator[tuple[int, object]]:
-    """Rows of a .jsonl / .json file with 1-based row numbers; a line of bad JSON is yielded as a DataError naming it."""
+def _json_list_rows(path: Path) -> Iterator[tuple[int, object]]:
+    """Records of a .json file (one list): row N is the N-th record; a syntax error names the text line, not a row."""
     text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataError(str(path), error.lineno, None, f"invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
-        if not isinstance(rows, list):
-            raise DataError(str(path), None, None, "a .json file must hold a list of records")
-        yield from enumerate(rows, start=1)
-        return
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield line_number, json.loads(line)
-        except json.JSONDecodeError as error:
-            yield line_number, DataError(str(path), line_number, None, f"invalid JSON (column {error.colno}): {error.msg}")
+    if not text.strip():
+        raise DataError(str(path), None, None, "empty file; expected a JSON list of records")
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(str(path), None, None,
+                        f"invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+    if not isinstance(rows, list):
+        raise DataError(str(path), None, None, f"a .json file must hold a list of records, got a {type(rows).__name__}")
+    yield from enumerate(rows, start=1)
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
+    """Rows of a .jsonl file, row N = text line N (blank lines are skipped but counted, so N is the line an editor
+    shows); a line of bad JSON is yielded as a DataError naming it, so data.skip_bad_rows can skip it."""
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield line_number, json.loads(line)
+            except json.JSONDecodeError as error:
+                yield line_number, DataError(str(path), line_number, None, f"invalid JSON (column {error.colno}): {error.msg}")
 
 
 def _dataset_rows(path: Path) -> Iterator[tuple[int, object]]:
+    if path.suffix == ".jsonl" and not path.is_dir():
+        yield from _jsonl_rows(path)
+        return
+    if path.suffix == ".json" and not path.is_dir():
+        yield from _json_list_rows(path)
+        return
     import datasets
 
     datasets.disable_progress_bars()
@@ -62,13 +76,6 @@ def _dataset_rows(path: Path) -> Iterator[tuple[int, object]]:
             if "train" not in loaded:
                 raise DataError(str(path), None, None, f"a DatasetDict needs a 'train' split, found {list(loaded)}")
             loaded = loaded["train"]
-    elif path.suffix in (".jsonl", ".json"):
-        try:
-            loaded = datasets.load_dataset("json", data_files=str(path), split="train")
-        except Exception as error:  # noqa: BLE001 - re-scan to turn Arrow's message into a row/field one
-            log.debug("datasets could not read %s (%s); scanning it row by row", path, error)
-            yield from _scan_json_rows(path)
-            return
     elif path.suffix == ".parquet":
         loaded = datasets.load_dataset("parquet", data_files=str(path), split="train")
     else:
@@ -98,15 +105,16 @@ def load_records(data_file: DataFile, dominant_language: str, skip_bad_rows: boo
     if skipped:
         log.warning("%s: skipped %d bad rows (data.skip_bad_rows=true)", path, skipped)
     if not records:
-        raise DataError(str(path), None, None, "no valid records")
+        problem = "no valid records (every row was skipped)" if skipped else "no records: the file is empty"
+        raise DataError(str(path), None, None, problem)
     return records
 
 
 def load_all(files: list[DataFile], dominant_language: str, skip_bad_rows: bool = False) -> list[ParallelRecord]:
     records = [record for data_file in files for record in load_records(data_file, dominant_language, skip_bad_rows)]
-    seen: dict[str, ParallelRecord] = {}
+    seen: dict[tuple[str, str], ParallelRecord] = {}
     for record in records:
-        if record.id in seen and seen[record.id].file == record.file:
-            raise DataError(record.file, record.row, "id", f"duplicate id {record.id!r} (first at row {seen[record.id].row})")
-        seen[record.id] = record
+        first = seen.setdefault((record.file, record.id), record)
+        if first is not record:
+            raise DataError(record.file, record.row, "id", f"duplicate id {record.id!r} (first at row {first.row})")
     return records
