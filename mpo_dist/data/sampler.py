@@ -3,7 +3,8 @@
 Epoch e uses a fixed permutation of the dataset (seed + e), wrapped to a whole number of global batches. Global batch k
 is perm[k*G : (k+1)*G] with G = world_size * micro_batch_size; rank r takes its contiguous micro-batch slice of it. The
 state is (epoch, consumed samples in the epoch): after a resume with another world size the next global batch starts
-exactly where the last one ended, so no sample is skipped or repeated.
+exactly where the last one ended, so no sample is skipped or repeated. The epoch's permutation is built once and kept,
+so drawing a micro-batch is a slice, not O(dataset) work on every step.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ class ResumableDistributedSampler:
         self.shuffle = shuffle
         self.epoch = 0
         self.consumed = 0  # global samples consumed in the current epoch
+        self._order: list[int] = []
+        self._order_epoch: int | None = None  # the epoch `_order` belongs to
 
     @property
     def global_batch(self) -> int:
@@ -50,10 +53,11 @@ class ResumableDistributedSampler:
         if self.consumed >= self.batches_per_epoch * self.global_batch:
             self.epoch += 1
             self.consumed = 0
-        order = self._permutation(self.epoch)
+        if self._order_epoch != self.epoch:
+            self._order, self._order_epoch = self._permutation(self.epoch), self.epoch
         start = self.consumed + self.rank * self.micro_batch_size
         self.consumed += self.global_batch
-        return order[start : start + self.micro_batch_size]
+        return self._order[start : start + self.micro_batch_size]
 
     def __iter__(self) -> Iterator[list[int]]:
         while True:
