@@ -30,7 +30,7 @@ def _init_tiny(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mpo_dist import checkpoint_commands, demo, precompute_command
+    from mpo_dist import checkpoint_commands, demo, import_command, precompute_command
     from mpo_dist.plan.command import register as register_plan
     from mpo_dist.eval.command import register as register_eval
 
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo.register(commands)
     precompute_command.register(commands)
+    import_command.register(commands)
     register_plan(commands)
     register_eval(commands)
     checkpoint_commands.register(commands)
