@@ -1,40 +1,31 @@
 """`mpo-dist export` and `mpo-dist convert-universal`: offline tools that read a checkpoint tag directory
-(<output_dir>/checkpoints/step_XXXXXXXX). Neither starts a process group or needs a GPU. Exit status 2 on bad input."""
+(<output_dir>/checkpoints/step_XXXXXXXX), verified against its COMPLETE record first. Neither starts a process group or
+needs a GPU. Their CheckpointErrors reach mpo_dist.cli.main, which prints them on one line and exits 2."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from mpo_dist.errors import UserError
 from mpo_dist.runtime import DTYPE_CHOICES
 
 
 def _export(args: argparse.Namespace) -> int:
-    from mpo_dist.engine.offline_export import CheckpointError, export_checkpoint
+    from mpo_dist.engine.offline_export import export_checkpoint
     from mpo_dist.runtime import torch_dtype
 
-    try:
-        out = export_checkpoint(args.checkpoint, args.out, torch_dtype(args.dtype), model_dir=args.model_dir,
-                                max_shard_size=args.max_shard_size, overwrite=args.overwrite)
-    except CheckpointError as error:
-        print(f"mpo-dist export: {error}", file=sys.stderr)
-        return 2
+    out = export_checkpoint(args.checkpoint, args.out, torch_dtype(args.dtype), model_dir=args.model_dir,
+                            max_shard_size=args.max_shard_size, overwrite=args.overwrite)
     print(f"wrote Hugging Face model ({args.dtype}) to {out}")
     return 0
 
 
 def _convert_universal(args: argparse.Namespace) -> int:
-    from mpo_dist.engine.offline_export import CheckpointError
     from mpo_dist.engine.universal import convert_to_universal
 
     if args.workers < 1:
-        print("mpo-dist convert-universal: --workers must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        out = convert_to_universal(args.checkpoint, args.out_dir, workers=args.workers)
-    except CheckpointError as error:
-        print(f"mpo-dist convert-universal: {error}", file=sys.stderr)
-        return 2
+        raise UserError(f"--workers {args.workers}: expected at least 1")
+    out = convert_to_universal(args.checkpoint, args.out_dir, workers=args.workers)
     print(f"wrote universal checkpoint {out}; resume at any world size with: mpo-dist train ... --resume {out}")
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mpo_dist.config import load_config
-from mpo_dist.train.checkpoint import newest_complete
+from mpo_dist.train.checkpoint import resume_candidates
 from mpo_dist.train.trainer import Trainer
 
 
@@ -21,4 +21,4 @@ def test_wall_clock_saves_and_keep_last(tiny_models: dict[str, Path], tmp_path: 
     assert kept == ["step_00000003", "step_00000004"]  # steps 1-3 by the clock, 4 at the end; 1 and 2 pruned
     assert all((root / name / "COMPLETE").is_file() for name in kept)
     assert (root / "latest").read_text() == "step_00000004"
-    assert newest_complete(root) == root / "step_00000004"
+    assert resume_candidates(root) == [root / "step_00000004", root / "step_00000003"]

@@ -7,14 +7,16 @@ come from the run config the trainer stored in the checkpoint's client state.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
+from mpo_dist.engine.checkpoint_layout import COMPLETE_MARKER, CheckpointError, describe, is_complete, verify
 from mpo_dist.engine.hf_export import MODEL_PREFIX, hf_state_dict, write_hf_directory
-from mpo_dist.errors import UserError
 from mpo_dist.models.tokenizer import load_tokenizer
-from mpo_dist.train.checkpoint import COMPLETE_MARKER, is_complete
+
+log = logging.getLogger("mpo_dist")
 
 MLC_PREFIX = "mlc_projection."
 MLC_FILE = "mlc_projection.safetensors"  # written next to the HF model; training-only, unused at inference
@@ -22,12 +24,9 @@ EXAMPLE_TAG_DIR = "<output_dir>/checkpoints/step_00000100"
 RANK0_MODEL_STATES = "zero_pp_rank_0_mp_rank_00_model_states.pt"
 
 
-class CheckpointError(UserError):
-    """A path is not a usable mpo-dist checkpoint; the message says what is wrong and what was expected."""
-
-
 def read_client_state(tag_dir: Path) -> dict:
-    """The trainer's client state (step, sampler, config) of a COMPLETE checkpoint tag directory; clear errors otherwise."""
+    """The trainer's client state (step, sampler, config) of a COMPLETE and intact checkpoint tag directory (every file
+    checked against the marker's record before anything is read); clear errors otherwise."""
     if not tag_dir.is_dir():
         raise CheckpointError(f"{tag_dir} is not a directory; expected a checkpoint tag directory such as {EXAMPLE_TAG_DIR}")
     rank0_states = tag_dir / RANK0_MODEL_STATES  # DeepSpeed stores the client state in every rank's file; rank 0 always exists
@@ -37,6 +36,11 @@ def read_client_state(tag_dir: Path) -> dict:
     if not is_complete(tag_dir):
         raise CheckpointError(f"{tag_dir} has no {COMPLETE_MARKER} marker: its save did not finish (crash or preemption "
                               "while saving); use an earlier checkpoint")
+    check = verify(tag_dir)
+    if check.problems:
+        raise CheckpointError(f"{tag_dir} is damaged: {describe(check.problems)}; use an earlier checkpoint")
+    if not check.recorded:
+        log.warning("%s was written before checkpoints recorded their files: only its structure was checked", tag_dir)
     state = torch.load(rank0_states, map_location="cpu", weights_only=False, mmap=True)
     if "config" not in state or "step" not in state:
         raise CheckpointError(f"{rank0_states} has no mpo-dist client state (step, config); was it written by `mpo-dist train`?")

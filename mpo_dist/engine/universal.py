@@ -7,32 +7,37 @@ Layout written under OUT_DIR:
     OUT_DIR/<tag>/*_model_states.pt   per-rank files copied by DeepSpeed; they carry mpo-dist's client state
                                       (step, sampler position, run config), so the run continues where it stopped
     OUT_DIR/<tag>/rng_rank*.pt        the RNG states of the old ranks (ranks beyond them start from the seeded state)
-    OUT_DIR/<tag>/COMPLETE            written last, like a training save; the directory appears by an atomic rename
+    OUT_DIR/<tag>/COMPLETE            written last, like a training save, with the size and checksum of every file
+                                      above; the directory appears by an atomic rename
     OUT_DIR/latest_universal          DeepSpeed's pointer to <tag>
 Resume with `mpo-dist train ... --resume OUT_DIR/<tag>`; the trainer sees the zero/ folder and sets
 `"checkpoint": {"load_universal": true}` in the policy's DeepSpeed config.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
+import sys
 from pathlib import Path
+from unittest import mock
 
-from mpo_dist.engine.offline_export import CheckpointError, read_client_state
-from mpo_dist.train.checkpoint import COMPLETE_MARKER
+from mpo_dist.engine.checkpoint_layout import (
+    CheckpointError,
+    is_universal,
+    read_marker,
+    record_files,
+    tag_files,
+    write_atomically,
+    write_marker,
+)
+from mpo_dist.engine.offline_export import read_client_state
 
-UNIVERSAL_OPTIMIZER_STATE = Path("zero") / "optimizer_state.pt"
 LATEST_UNIVERSAL_FILE = "latest_universal"
 
 
-def is_universal(tag_dir: Path) -> bool:
-    return (tag_dir / UNIVERSAL_OPTIMIZER_STATE).is_file()
-
-
 def convert_to_universal(tag_dir: Path, out_root: Path, *, workers: int = 2) -> Path:
-    """Convert the COMPLETE checkpoint `tag_dir` into OUT_DIR/<tag> (layout above); returns that directory."""
-    read_client_state(tag_dir)  # complete, written by mpo-dist, with the client state the resume needs
+    """Convert the COMPLETE, intact checkpoint `tag_dir` into OUT_DIR/<tag> (layout above); returns that directory."""
+    read_client_state(tag_dir)  # complete, intact, written by mpo-dist, with the client state the resume needs
     if is_universal(tag_dir):
         raise CheckpointError(f"{tag_dir} is already a universal checkpoint; resume from it directly")
     if not any(tag_dir.glob("*optim_states.pt")):
@@ -46,13 +51,15 @@ def convert_to_universal(tag_dir: Path, out_root: Path, *, workers: int = 2) -> 
 
     from deepspeed.checkpoint import ds_to_universal
 
-    ds_to_universal.main(argparse.Namespace(
-        input_folder=str(tag_dir), output_folder=str(staging), num_extract_workers=workers, num_merge_workers=workers,
-        keep_temp_folder=False, strict=True, inject_missing_state=False,
-    ))
+    # DeepSpeed's own command-line parser builds the options, so options it adds later keep their defaults.
+    argv = ["ds_to_universal", "--input_folder", str(tag_dir), "--output_folder", str(staging),
+            "--num_extract_workers", str(workers), "--num_merge_workers", str(workers)]
+    with mock.patch.object(sys, "argv", argv):
+        options = ds_to_universal.parse_arguments()
+    ds_to_universal.main(options)
     for rng_file in tag_dir.glob("rng_rank*.pt"):
         shutil.copy2(rng_file, staging / rng_file.name)
-    shutil.copy2(tag_dir / COMPLETE_MARKER, staging / COMPLETE_MARKER)
+    write_marker(staging, read_marker(tag_dir).step, record_files(staging, tag_files(staging)))
     os.replace(staging, out_dir)
-    (out_root / LATEST_UNIVERSAL_FILE).write_text(f"{tag_dir.name}\n")  # DeepSpeed pointed it at the staging name
+    write_atomically(out_root / LATEST_UNIVERSAL_FILE, f"{tag_dir.name}\n")  # DeepSpeed pointed it at the staging name
     return out_dir

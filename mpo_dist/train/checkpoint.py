@@ -1,30 +1,42 @@
-"""Checkpoints that cannot be half-written: a tag counts only once every rank has written and rank 0 has put a
-COMPLETE marker in it; the `latest` pointer is replaced atomically after that, and old tags are pruned last.
+"""Checkpoints that cannot be half-written and prove themselves at resume.
 
-A crash during a save therefore leaves the previous complete checkpoint as the one `--resume auto` picks.
+A save: every rank writes its files and checksums them (in parallel, while they are still in the page cache); rank 0
+gathers the records and writes them into the COMPLETE marker, last and atomically; then it replaces `latest`
+atomically and prunes old tags. A crash at any point leaves the previous complete checkpoint as the one `--resume auto`
+picks; a save that fails for lack of space (or any other storage error) is discarded on every rank and stops the run
+with one CheckpointError. At resume the ranks verify the chosen tag against its record before any engine is built, each
+rank a share of the files, and `auto` falls back to the newest intact tag. See docs/checkpoints.md.
 """
 from __future__ import annotations
 
-import os
+import logging
 import random
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from mpo_dist.engine.checkpoint_layout import (
+    LATEST_FILE,
+    CheckpointError,
+    FileRecord,
+    describe,
+    is_complete,
+    looks_like_tag,
+    owner_rank,
+    record_files,
+    tag_dirs,
+    tag_files,
+    tag_for,
+    verify,
+    write_atomically,
+    write_marker,
+)
 from mpo_dist.engine.engines import PolicyEngine, barrier
 
-COMPLETE_MARKER = "COMPLETE"
-LATEST_FILE = "latest"
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def step_of(tag: str) -> int:
-    return int(tag.split("_")[-1])
+log = logging.getLogger("mpo_dist")
 
 
 def rng_state() -> dict:
@@ -40,39 +52,101 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+def _rank_and_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def is_complete(tag_dir: Path) -> bool:
-    return (tag_dir / COMPLETE_MARKER).is_file()
+def _gather(value: object) -> list:
+    """`value` of every rank, on every rank (a list of one outside a process group)."""
+    if not dist.is_initialized():
+        return [value]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
-def newest_complete(root: Path) -> Path | None:
-    """The checkpoint `latest` names if it is complete, else the newest complete tag directory."""
+def verified_problems(tag_dir: Path) -> tuple[list[str], bool]:
+    """Collective: the problems of `tag_dir` (each rank checks a share of its files; every rank gets all problems),
+    and whether the marker held a file record."""
+    rank, world_size = _rank_and_world()
+    checks = _gather(verify(tag_dir, rank=rank, world_size=world_size))
+    return [p for check in checks for p in check.problems], checks[0].recorded
+
+
+def resume_candidates(root: Path) -> list[Path]:
+    """Tags with a COMPLETE marker, the one `latest` names first, then newest first."""
+    complete = [d for d in reversed(tag_dirs(root)) if is_complete(d)]
     latest = root / LATEST_FILE
-    if latest.is_file():
-        candidate = root / latest.read_text().strip()
-        if is_complete(candidate):
-            return candidate
-    complete = sorted((d for d in root.glob("step_*") if d.is_dir() and is_complete(d)), key=lambda d: step_of(d.name))
-    return complete[-1] if complete else None
+    named = root / latest.read_text().strip() if latest.is_file() else None
+    return sorted(complete, key=lambda d: d != named)  # stable: keeps newest-first among the rest
+
+
+def _warn_unrecorded(tag_dir: Path) -> None:
+    log.warning("checkpoint %s was written before checkpoints recorded their files: only its structure was checked",
+                tag_dir)
 
 
 def resolve_resume(resume: str, root: Path) -> Path | None:
-    """`none` -> None; `auto` -> newest complete checkpoint under root (None if there is none); else an explicit tag dir."""
+    """`none` -> None; `auto` -> the newest intact checkpoint under root (None if there is no complete one; damaged ones
+    are skipped with a warning, an error if all are damaged); else an explicit tag dir, which must be intact.
+    Collective when a process group exists (the verification is shared among the ranks)."""
     if resume == "none":
         return None
     if resume == "auto":
-        return newest_complete(root) if root.is_dir() else None
+        return _newest_intact(root)
     path = Path(resume)
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint.resume: {path} is not a directory")
+        raise CheckpointError(f"checkpoint.resume: {path} is not a directory; expected a checkpoint tag directory such as "
+                              f"<output_dir>/checkpoints/{tag_for(200)}, `auto` or `none`")
     if not is_complete(path):
-        raise ValueError(f"checkpoint.resume: {path} has no {COMPLETE_MARKER} marker; it was not fully written")
+        _refuse_incomplete(path)
+    problems, recorded = verified_problems(path)
+    if problems:
+        raise CheckpointError(f"checkpoint.resume: {path} is damaged: {describe(problems)}; resume from an earlier tag, "
+                              "or with --resume auto, which skips damaged tags")
+    if not recorded:
+        _warn_unrecorded(path)
     return path
+
+
+def _newest_intact(root: Path) -> Path | None:
+    damaged = []
+    for tag_dir in resume_candidates(root):
+        problems, recorded = verified_problems(tag_dir)
+        if not problems:
+            if not recorded:
+                _warn_unrecorded(tag_dir)
+            return tag_dir
+        log.warning("skipping damaged checkpoint %s: %s", tag_dir, describe(problems))
+        damaged.append(f"{tag_dir.name}: {describe(problems)}")
+    if damaged:
+        raise CheckpointError(f"checkpoint.resume=auto: no intact checkpoint in {root}; found {'; '.join(damaged)}. "
+                              "Restore the files from a copy, or move the damaged tags away and start from scratch "
+                              "with --resume none")
+    return None
+
+
+def _refuse_incomplete(path: Path) -> None:
+    """The error for an explicit --resume at a directory without a COMPLETE marker, saying what it is instead."""
+    complete = [d.name for d in tag_dirs(path) if is_complete(d)]
+    if complete or (path / LATEST_FILE).is_file():
+        found = ", ".join(complete) if complete else "none yet"
+        raise CheckpointError(f"checkpoint.resume: {path} is a checkpoint folder, not a checkpoint tag; complete tags in it: "
+                              f"{found}. Pass one of them (e.g. --resume {path / (complete[-1] if complete else tag_for(200))}) "
+                              "or --resume auto for the newest intact one")
+    if not looks_like_tag(path):
+        raise CheckpointError(f"checkpoint.resume: {path} is not a checkpoint tag directory (no COMPLETE marker and no "
+                              f"DeepSpeed *_model_states.pt); expected e.g. <output_dir>/checkpoints/{tag_for(200)}")
+    raise CheckpointError(f"checkpoint.resume: {path} has no COMPLETE marker; it was not fully written (crash or "
+                          "preemption during the save): resume from an earlier tag or with --resume auto")
+
+
+def _storage_failure(error: Exception) -> str:
+    """The one-line reason of a failed write, or re-raise `error` if it is not a storage problem (then it is a bug)."""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, OSError) or "PytorchStreamWriter" in str(error) or "file write failed" in str(error):
+        return message
+    raise error
 
 
 class CheckpointManager:
@@ -82,20 +156,57 @@ class CheckpointManager:
         self.rank = rank
 
     def save(self, engine: PolicyEngine, step: int, client_state: dict) -> Path:
+        """Collective. Raises CheckpointError on every rank (after removing the partial tag) if any rank could not write."""
         tag = tag_for(step)
         tag_dir = self.root / tag
-        if self.rank == 0 and tag_dir.exists():  # a save of this step that crashed before its marker
-            shutil.rmtree(tag_dir)
-        barrier()
-        engine.save(self.root, tag, client_state)
-        torch.save(rng_state(), tag_dir / f"rng_rank{self.rank}.pt")
-        barrier()
         if self.rank == 0:
-            (tag_dir / COMPLETE_MARKER).write_text(f"{step}\n")
-            _write_atomically(self.root / LATEST_FILE, tag)
+            self.root.mkdir(parents=True, exist_ok=True)
+            if tag_dir.exists():  # a save of this step that crashed before its marker
+                shutil.rmtree(tag_dir)
+        barrier()
+        failure, records = self._write_rank_files(engine, tag_dir, client_state)
+        reports = _gather((failure, records))
+        failures = [f"rank {rank}: {failure}" for rank, (failure, _) in enumerate(reports) if failure]
+        if not failures and self.rank == 0:
+            merged = {name: record for _, rank_records in reports for name, record in rank_records.items()}
+            try:
+                write_marker(tag_dir, step, merged)
+                write_atomically(self.root / LATEST_FILE, tag)
+            except OSError as error:
+                failures.append(f"rank 0: {_storage_failure(error)}")
+        failures = [f for rank_failures in _gather(failures) for f in rank_failures]
+        if failures:
+            self._discard(tag_dir, failures)
+        if self.rank == 0:
             self._prune()
         barrier()
         return tag_dir
+
+    def _write_rank_files(self, engine: PolicyEngine, tag_dir: Path,
+                          client_state: dict) -> tuple[str | None, dict[str, FileRecord]]:
+        """This rank's part of a save: DeepSpeed's files, its RNG state, and the size + checksum of each file it wrote."""
+        try:
+            engine.save(self.root, tag_dir.name, client_state)
+        except (OSError, RuntimeError) as error:
+            failure = _storage_failure(error)
+            barrier()  # the ranks whose writes succeeded wait in DeepSpeed's closing barrier of the save: meet them there
+            return failure, {}
+        try:
+            torch.save(rng_state(), tag_dir / f"rng_rank{self.rank}.pt")
+            return None, record_files(tag_dir, [n for n in tag_files(tag_dir) if owner_rank(n) == self.rank])
+        except (OSError, RuntimeError) as error:
+            return _storage_failure(error), {}
+
+    def _discard(self, tag_dir: Path, failures: list[str]) -> None:
+        if self.rank == 0:
+            shutil.rmtree(tag_dir, ignore_errors=True)  # frees the space; without its marker it never counted
+        barrier()
+        latest = self.root / LATEST_FILE
+        previous = latest.read_text().strip() if latest.is_file() else "no checkpoint"
+        free_gib = shutil.disk_usage(self.root).free / 2**30
+        raise CheckpointError(f"could not write checkpoint {tag_dir} ({'; '.join(failures)}); {free_gib:.2f} GiB free "
+                              f"there now. The partial save was removed and {previous} stays the newest (`latest`). "
+                              "Free space (or set train.output_dir on a larger file system) and resume with --resume auto")
 
     def load(self, engine: PolicyEngine, tag_dir: Path) -> dict:
         client_state = engine.load(tag_dir.parent, tag_dir.name)
@@ -105,6 +216,6 @@ class CheckpointManager:
         return client_state
 
     def _prune(self) -> None:
-        complete = sorted((d for d in self.root.glob("step_*") if is_complete(d)), key=lambda d: step_of(d.name))
+        complete = [d for d in tag_dirs(self.root) if is_complete(d)]
         for old in complete[: -self.keep_last]:
             shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,204 @@
+"""What a checkpoint tag directory holds, and how to tell an intact one from a damaged one.
+
+A tag (`<output_dir>/checkpoints/step_XXXXXXXX`) counts once its COMPLETE marker exists. The marker is a JSON record
+of every file of the tag with its size and CRC-32, written last (atomically) by the save; `verify` compares the files
+with it, so a shard truncated or corrupted after the save (a half-copied directory, a failing disk, a parallel file
+system that lost a stripe) is found before DeepSpeed reads it. Markers of checkpoints written before the record
+existed hold only the step; such tags get a structural check (every rank's model states beside its optimizer shard,
+every .pt file ends in a readable zip directory, which a truncation removes).
+
+This is the engine layer's module so that the trainer (train/checkpoint.py) and the offline tools (export,
+convert-universal) share it without an engine -> train import. See docs/checkpoints.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from mpo_dist.errors import UserError
+
+COMPLETE_MARKER = "COMPLETE"
+LATEST_FILE = "latest"
+TAG_PREFIX = "step_"
+UNIVERSAL_OPTIMIZER_STATE = Path("zero") / "optimizer_state.pt"
+MARKER_FORMAT = 1
+CHECKSUM = "crc32"  # zlib.crc32: stdlib, about 2 GiB/s per core (docs/checkpoints.md, benchmarks/checkpoint_checksum.py)
+READ_BLOCK = 16 << 20
+# DeepSpeed names a rank's files zero_pp_rank_<r>_mp_rank_00_{model,optim}_states.pt (optionally bf16_-prefixed);
+# the trainer adds rng_rank<r>.pt.
+RANK_IN_NAME = re.compile(r"(?:pp_rank_|rng_rank)(\d+)")
+MODEL_STATES = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_model_states\.pt$")
+OPTIM_STATES = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
+
+
+class CheckpointError(UserError):
+    """A path is not a usable mpo-dist checkpoint; the message says what is wrong and what was expected."""
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    size: int
+    crc32: str
+
+
+@dataclass(frozen=True)
+class Marker:
+    step: int
+    files: dict[str, FileRecord] | None  # None: written before integrity records existed
+
+
+@dataclass(frozen=True)
+class TagCheck:
+    problems: list[str]  # empty when the tag is intact
+    recorded: bool  # False: a marker without a file record, so only the structure could be checked
+
+
+def tag_for(step: int) -> str:
+    return f"{TAG_PREFIX}{step:08d}"
+
+
+def step_of(tag: str) -> int:
+    return int(tag.split("_")[-1])
+
+
+def tag_dirs(root: Path) -> list[Path]:
+    """The step_XXXXXXXX directories under root, oldest first (complete or not)."""
+    if not root.is_dir():
+        return []
+    tags = [d for d in root.iterdir() if d.is_dir() and re.fullmatch(rf"{TAG_PREFIX}\d+", d.name)]
+    return sorted(tags, key=lambda d: step_of(d.name))
+
+
+def is_complete(tag_dir: Path) -> bool:
+    return (tag_dir / COMPLETE_MARKER).is_file()
+
+
+def is_universal(tag_dir: Path) -> bool:
+    return (tag_dir / UNIVERSAL_OPTIMIZER_STATE).is_file()
+
+
+def looks_like_tag(tag_dir: Path) -> bool:
+    """Holds what a save writes (DeepSpeed model states or a universal optimizer state), complete or not."""
+    return is_universal(tag_dir) or any(MODEL_STATES.search(p.name) for p in tag_dir.glob("*_model_states.pt"))
+
+
+def file_checksum(path: Path) -> str:
+    crc = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(READ_BLOCK):
+            crc = zlib.crc32(block, crc)
+    return f"{crc:08x}"
+
+
+def tag_files(tag_dir: Path) -> list[str]:
+    """Every file of the tag relative to it (posix), sorted, except the marker and atomic-write temporaries."""
+    names = []
+    for path in tag_dir.rglob("*"):
+        if path.is_file() and path.name != COMPLETE_MARKER and not path.name.startswith("."):
+            names.append(path.relative_to(tag_dir).as_posix())
+    return sorted(names)
+
+
+def owner_rank(name: str) -> int:
+    """The data-parallel rank that wrote a file (from its name); files of no rank belong to rank 0."""
+    match = RANK_IN_NAME.search(Path(name).name)
+    return int(match.group(1)) if match else 0
+
+
+def record_files(tag_dir: Path, names: list[str]) -> dict[str, FileRecord]:
+    records = {}
+    for name in names:
+        path = tag_dir / name
+        records[name] = FileRecord(path.stat().st_size, file_checksum(path))
+    return records
+
+
+def write_marker(tag_dir: Path, step: int, files: dict[str, FileRecord]) -> None:
+    """Written last, atomically: a marker that exists is whole."""
+    payload = {"format": MARKER_FORMAT, "step": step, "checksum": CHECKSUM,
+               "files": {name: {"size": r.size, CHECKSUM: r.crc32} for name, r in sorted(files.items())}}
+    write_atomically(tag_dir / COMPLETE_MARKER, json.dumps(payload, indent=1) + "\n")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def read_marker(tag_dir: Path) -> Marker:
+    text = (tag_dir / COMPLETE_MARKER).read_text()
+    if re.fullmatch(r"\d+\s*", text):  # the marker of checkpoints written before the file record
+        return Marker(int(text), None)
+    try:
+        payload = json.loads(text)
+        files = {name: FileRecord(int(entry["size"]), str(entry[CHECKSUM])) for name, entry in payload["files"].items()}
+        return Marker(int(payload["step"]), files)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{tag_dir / COMPLETE_MARKER} is not a valid marker ({error}); the tag cannot be "
+                              "verified") from error
+
+
+def verify(tag_dir: Path, *, rank: int = 0, world_size: int = 1) -> TagCheck:
+    """Compare this rank's share of the tag's files (every world_size-th of the sorted list) with the marker's record.
+
+    Problems are one-line sentences naming the file. A tag without a marker is reported as not fully written.
+    """
+    if not is_complete(tag_dir):
+        return TagCheck([f"no {COMPLETE_MARKER} marker: it was not fully written (crash or preemption during the save)"],
+                        recorded=False)
+    try:
+        marker = read_marker(tag_dir)
+    except CheckpointError as error:
+        return TagCheck([str(error)], recorded=False)
+    if marker.files is None:
+        names = tag_files(tag_dir)
+        problems = structure_problems(names) if rank == 0 else []
+        return TagCheck(problems + _unreadable_zips(tag_dir, names[rank::world_size]), recorded=False)
+    problems = []
+    for name in sorted(marker.files)[rank::world_size]:
+        expected, path = marker.files[name], tag_dir / name
+        if not path.is_file():
+            problems.append(f"{name} is missing (the save recorded {expected.size} bytes)")
+            continue
+        size = path.stat().st_size
+        if size != expected.size:
+            problems.append(f"{name} is {size} bytes, the save recorded {expected.size} (truncated or still being copied)")
+        elif (actual := file_checksum(path)) != expected.crc32:
+            problems.append(f"{name} has {CHECKSUM} {actual}, the save recorded {expected.crc32} (corrupted)")
+    return TagCheck(problems, recorded=True)
+
+
+def structure_problems(names: list[str]) -> list[str]:
+    """A sharded tag needs, for every rank, its model states and its optimizer shard (a universal one needs neither)."""
+    if UNIVERSAL_OPTIMIZER_STATE.as_posix() in names:
+        return []
+    model_ranks = {int(m.group(1)) for n in names if (m := MODEL_STATES.search(n))}
+    optim_ranks = {int(m.group(1)) for n in names if (m := OPTIM_STATES.search(n))}
+    if not model_ranks:
+        return ["no DeepSpeed zero_pp_rank_<r>_mp_rank_00_model_states.pt files"]
+    problems = [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt (the optimizer shard of rank {r}) is missing"
+                for r in sorted(model_ranks - optim_ranks)]
+    problems += [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt (the model states of rank {r}) is missing"
+                 for r in sorted(optim_ranks - model_ranks)]
+    return problems
+
+
+def _unreadable_zips(tag_dir: Path, names: list[str]) -> list[str]:
+    """torch.save writes zip archives whose directory sits at the end of the file: a truncated one has none."""
+    return [f"{name} is not a readable torch file (truncated or corrupted)"
+            for name in names if name.endswith(".pt") and not zipfile.is_zipfile(tag_dir / name)]
+
+
+def describe(problems: list[str]) -> str:
+    """The first problem, and how many more there are: one line for a log or an error."""
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return problems[0] + more
