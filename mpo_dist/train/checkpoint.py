@@ -141,12 +141,21 @@ def _refuse_incomplete(path: Path) -> None:
                           "preemption during the save): resume from an earlier tag or with --resume auto")
 
 
+# How torch.save's zip writer words a failed write (it raises RuntimeError, not OSError): its own message, or the
+# "unexpected pos" of the end-of-file record after an iostream error.
+TORCH_WRITE_FAILURES = ("PytorchStreamWriter", "file write failed", "iostream error", "unexpected pos")
+
+
 def _storage_failure(error: Exception) -> str:
     """The one-line reason of a failed write, or re-raise `error` if it is not a storage problem (then it is a bug)."""
-    message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    if isinstance(error, OSError) or "PytorchStreamWriter" in str(error) or "file write failed" in str(error):
-        return message
+    text = f"{error} {error.__context__ or ''}"
+    if isinstance(error, OSError) or any(fragment in text for fragment in TORCH_WRITE_FAILURES):
+        return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     raise error
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.3g} GiB"
 
 
 class CheckpointManager:
@@ -202,11 +211,14 @@ class CheckpointManager:
             shutil.rmtree(tag_dir, ignore_errors=True)  # frees the space; without its marker it never counted
         barrier()
         latest = self.root / LATEST_FILE
-        previous = latest.read_text().strip() if latest.is_file() else "no checkpoint"
-        free_gib = shutil.disk_usage(self.root).free / 2**30
-        raise CheckpointError(f"could not write checkpoint {tag_dir} ({'; '.join(failures)}); {free_gib:.2f} GiB free "
-                              f"there now. The partial save was removed and {previous} stays the newest (`latest`). "
-                              "Free space (or set train.output_dir on a larger file system) and resume with --resume auto")
+        previous = self.root / latest.read_text().strip() if latest.is_file() else None
+        space = f"{_gib(shutil.disk_usage(self.root).free)} free there now"
+        if previous is not None:
+            space += f", the previous checkpoint takes {_gib(sum(p.stat().st_size for p in previous.rglob('*') if p.is_file()))}"
+        raise CheckpointError(f"could not write checkpoint {tag_dir} ({'; '.join(failures)}); {space}. The partial save "
+                              f"was removed and {previous.name if previous else 'no earlier checkpoint'} stays the newest "
+                              "(`latest`). Free space (or set train.output_dir on a larger file system) and resume with "
+                              "--resume auto")
 
     def load(self, engine: PolicyEngine, tag_dir: Path) -> dict:
         client_state = engine.load(tag_dir.parent, tag_dir.name)
