@@ -54,7 +54,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
 GIB = 2**30
-IGNORE_INDEX = -100
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "GH200": 989.4, "A100": 312.0}  # dense, per GPU
 
 
@@ -233,7 +232,7 @@ def mpo_dist_step(args: argparse.Namespace, model_dir: Path, examples: list, dty
 
     # precompute-ref, in miniature: one reference forward, the cache files, then the engine is dropped
     reference = reference_engine(config, world_size=1, on_gpu=on_gpu, dtype_name=dtype_name, hidden_size=args.hidden)
-    terms = reference_terms(reference.forward(batch, plan.rows), plan, batch, loss, config.loss.mpo.pooling)
+    terms = reference_terms(reference.forward(batch, plan.rows), plan, batch, loss)
     shard = write_shard(cache_dir, 0, 1, [term_tensors(terms)])
     write_index(cache_dir, {}, cached_term_names(loss), [(shard, batch.example_ids)])
     del reference, terms
@@ -249,7 +248,7 @@ def mpo_dist_step(args: argparse.Namespace, model_dir: Path, examples: list, dty
     def step() -> float:
         with record_function("forward"):
             outputs = policy.forward(batch)
-            out = loss(preference_inputs(outputs, cache.terms(batch), batch, loss, config.loss.mpo.pooling))
+            out = loss(preference_inputs(outputs, cache.terms(batch), batch, loss))
         with record_function("backward"):
             policy.backward(out.loss)
         with record_function("optimizer step"):
@@ -268,6 +267,7 @@ def naive_step(args: argparse.Namespace, model_dir: Path, examples: list, dtype_
 
     from mpo_dist.config import load_config
     from mpo_dist.data.collate import PreferenceCollator
+    from mpo_dist.data.packing import IGNORE_INDEX
     from mpo_dist.engine.ds_config import render_policy_config, render_reference_config
     from mpo_dist.engine.zero3_loading import load_causal_lm
     from mpo_dist.models.activation_checkpointing import enable_activation_checkpointing

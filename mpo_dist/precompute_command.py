@@ -80,7 +80,6 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
         prepare_directory(out_dir)
     barrier()
 
-    pooling = getattr(config.loss.options(), "pooling", "masked")
     collator = PreferenceCollator(tokenizer.pad_token_id, packing=data.packing)
     batch_size = config.train.micro_batch_size
     num_batches = batches_per_rank(len(examples), world_size=ctx.world_size, batch_size=batch_size)
@@ -91,7 +90,7 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
     for index, (chunk, real) in enumerate(batches):
         batch = collator(chunk).to(ctx.device)
         plan = ReferencePlan.for_loss(loss, batch)
-        terms = reference_terms(reference.forward(batch, plan.rows), plan, batch, loss, pooling)
+        terms = reference_terms(reference.forward(batch, plan.rows), plan, batch, loss)
         if real:
             computed.append(term_tensors(terms))
             example_ids += batch.example_ids

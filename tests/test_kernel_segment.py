@@ -1,15 +1,16 @@
-"""segment_sums / row_segment_ids vs hand-computed sums (padded and packed layouts) and a float64 loop reference."""
+"""segment_sums (with padded_segment_ids) vs hand-computed sums (padded and packed layouts) and a float64 loop reference."""
 import pytest
 import torch
 
-from mpo_dist.kernels import row_segment_ids, segment_sums
+from mpo_dist.data.packing import padded_segment_ids
+from mpo_dist.kernels import segment_sums
 
 
 def test_padded_batch_hand_computed():
     # 2 rows x 4 tokens; row 0 has response tokens at positions 1, 2; row 1 at positions 0, 1, 2
     values = torch.tensor([[0.0, -1.0, -2.0, 0.0], [-0.5, -0.25, -4.0, 0.0]])
     mask = torch.tensor([[False, True, True, False], [True, True, True, False]])
-    ids = row_segment_ids(mask)
+    ids = padded_segment_ids(mask).reshape(-1)
     assert ids.tolist() == [-1, 0, 0, -1, 1, 1, 1, -1]
     sums, counts = segment_sums(values.reshape(-1), ids, num_segments=2)
     assert sums.tolist() == [-3.0, -4.75]
@@ -58,7 +59,3 @@ def test_bad_input_is_rejected_clearly(values, ids, num_segments, message):
     with pytest.raises((ValueError, TypeError), match=message):
         segment_sums(values, ids, num_segments)
 
-
-def test_row_segment_ids_rejects_non_bool_mask():
-    with pytest.raises(ValueError, match="bool"):
-        row_segment_ids(torch.ones(2, 3, dtype=torch.long))

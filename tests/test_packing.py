@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from mpo_dist.config import ConfigError, load_config
 from mpo_dist.data.collate import IGNORE_INDEX, Batch, PreferenceCollator
 from mpo_dist.data.examples import PreferenceExample
-from mpo_dist.data.packing import pack_sequences, packed_attention_kwargs
+from mpo_dist.data.packing import pack_sequences, packed_attention_kwargs, sequence_sums
 from mpo_dist.data.tokenize import EncodedSequence
 from mpo_dist.engine.engines import _call_model
 from mpo_dist.losses import build_loss
@@ -21,8 +21,7 @@ from mpo_dist.losses.mlc import MLCProjection
 from mpo_dist.models.alignment_model import AlignmentModel
 from mpo_dist.models.tiny import tiny_config
 from mpo_dist.train.evaluate import reward_gaps
-from mpo_dist.train.step import (ReferencePlan, pooled_hidden, preference_inputs, reference_terms, sequence_sums,
-                                 total_loss)
+from mpo_dist.train.step import ReferencePlan, pooled_hidden, preference_inputs, reference_terms, total_loss
 from mpo_dist.train.trainer import Trainer
 
 FAMILIES = [("llama", "sdpa"), ("qwen2", "sdpa"), ("gemma2", "eager")]
@@ -152,6 +151,8 @@ def test_forward_outputs_match_padded_and_float64(family: str, attn: str, tokeni
             torch.testing.assert_close(from_packed, tokens_of(out_padded.token_logprobs, padded, s), rtol=0, atol=1e-5)
             expected = float64_token_logprobs(reference_model, tokens_of(packed.input_ids, packed, s),
                                               tokens_of(packed.labels, packed, s))
+            if s >= padded.rows("rejected").stop:  # anchors and MLC prompts: the policy's head scores none of them
+                expected = torch.zeros_like(expected)
             torch.testing.assert_close(from_packed.double(), expected, rtol=0, atol=1e-4)
         sums_padded, counts_padded = sequence_sums(out_padded.token_logprobs, padded.sequences())
         sums_packed, counts_packed = sequence_sums(out_packed.token_logprobs, packed.sequences())
@@ -175,8 +176,8 @@ def one_step(policy: AlignmentModel, reference: AlignmentModel, batch: Batch, lo
     plan = ReferencePlan.for_loss(loss_fn, batch)
     with torch.no_grad():
         reference_out = _call_model(reference, batch, plan.rows, with_mlc=False)
-    terms = reference_terms(reference_out, plan, batch, loss_fn, "masked")
-    base = loss_fn(preference_inputs(policy_out, terms, batch, loss_fn, "masked"))
+    terms = reference_terms(reference_out, plan, batch, loss_fn)
+    base = loss_fn(preference_inputs(policy_out, terms, batch, loss_fn))
     out = total_loss(base, policy_out, batch, mlc_weight=0.5, mlc_tau=0.2, mlc_eps=1e-12)
     out.loss.backward()
     return float(out.loss.detach()), {name: p.grad.clone() for name, p in policy.named_parameters()}

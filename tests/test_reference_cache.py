@@ -144,7 +144,7 @@ def test_terms_come_back_by_example_id_and_token_counts_are_checked(tmp_path: Pa
     from mpo_dist.data.collate import PreferenceCollator
     from mpo_dist.engine.reference_cache import term_tensors, write_index, write_shard
     from mpo_dist.losses.base import SequenceLogps
-    from mpo_dist.train.step import ReferenceTerms
+    from mpo_dist.engine.reference_terms import ReferenceTerms
 
     chosen_tokens, rejected_tokens = [5.0, 6.0, 7.0], [2.0, 4.0, 6.0]  # len - 3 of the sequences above
     written = ReferenceTerms(reference=SequenceLogps(torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([-4.0, -5.0, -6.0]),

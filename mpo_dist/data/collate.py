@@ -67,6 +67,13 @@ class Batch:
                                   self.num_sequences)
         return tensors if indices is None else select_sequences(tensors, indices)
 
+    def training_pair_labels(self) -> torch.Tensor:
+        """`labels` with IGNORE_INDEX outside the training-language pair (chosen, rejected): the only sequences whose
+        policy log-probs a loss or the evaluation reads (PreferenceInputs.policy). The anchor rows feed MPO's L2 with
+        their hidden states only and the MLC prompts have no labels, so neither needs the LM head."""
+        pair = (self.segment_ids >= 0) & (self.segment_ids < self.rows("rejected").stop)
+        return torch.where(pair, self.labels, IGNORE_INDEX)
+
     def mlc_token_index(self) -> torch.Tensor:
         """[P*L] flat index into the [R*T] tokens of each MLC sequence's last prompt token (where MLC reads the state)."""
         starts = sequence_starts(self.segment_ids, self.num_sequences)
@@ -81,8 +88,9 @@ def _shifted_labels(ids: tuple[int, ...], prompt_length: int) -> list[int]:
 
 
 class PreferenceCollator:
-    """Callable for torch DataLoader; `pad_token_id` fills padding (masked out of attention and labels); `packing` lays
-    the sequences end to end in one row instead of one padded row each."""
+    """Examples -> one Batch, called by the trainer, evaluation and precompute-ref on the sampler's indices (there is no
+    DataLoader: a micro-batch is a handful of pre-tokenised examples). `pad_token_id` fills padding (masked out of
+    attention and labels); `packing` lays the sequences end to end in one row instead of one padded row each."""
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 1, packing: bool = False):
         self.pad_token_id = pad_token_id

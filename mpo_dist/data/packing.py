@@ -7,9 +7,11 @@ positions are computed one way for both.
 
 Why restarting position ids are enough to keep attention inside each sequence: with `attention_mask=None`, transformers
 (5.x, masking_utils.find_packed_sequence_indices) reads a new sequence wherever the position id does not grow by one and
-builds a block-diagonal causal mask from it for eager and sdpa (sliding windows and soft-capping measured in each
-sequence's own positions); flash_attention_2 calls its varlen kernel, to which we hand the sequence boundaries directly
-(`packed_attention_kwargs`) so no layer has to re-derive them with a device sync.
+builds a per-sequence causal mask from it (sliding windows and soft-capping measured in each sequence's own positions):
+a dense block-diagonal mask for eager and sdpa, a block-sparse BlockMask for flex_attention (whose kernel skips the
+blocks between sequences); flash_attention_2 calls its varlen kernel, to which we hand the sequence boundaries directly
+(`packed_attention_kwargs`) so no layer has to re-derive them with a device sync. `attention_implementation` picks
+flex_attention for packed rows on a GPU, so packing needs no flash-attn there.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import torch
 from torch import Tensor
 from transformers import PretrainedConfig
 from transformers.utils.generic import is_flash_attention_requested
+
+from mpo_dist.kernels import segment_sums
 
 IGNORE_INDEX = -100
 
@@ -55,6 +59,12 @@ def _round_up(length: int, multiple: int) -> int:
     return -(-length // multiple) * multiple
 
 
+def padded_segment_ids(attention_mask: Tensor) -> Tensor:
+    """[R, T] segment ids of a padded layout: the row index on real tokens, -1 on padding."""
+    rows = torch.arange(attention_mask.shape[0], device=attention_mask.device)[:, None]
+    return torch.where(attention_mask.bool(), rows, -1)
+
+
 def pad_sequences(sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_token_id: int,
                   pad_to_multiple_of: int = 1) -> SequenceTensors:
     """One row per sequence, right-padded to the longest (rounded up to `pad_to_multiple_of`)."""
@@ -68,8 +78,7 @@ def pad_sequences(sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[
         input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         label_ids[row, : len(ids)] = torch.tensor(row_labels, dtype=torch.long)
         attention_mask[row, : len(ids)] = 1
-    segment_ids = torch.where(attention_mask.bool(), torch.arange(rows)[:, None], -1)
-    return SequenceTensors(input_ids, attention_mask, label_ids, segment_ids, None, rows)
+    return SequenceTensors(input_ids, attention_mask, label_ids, padded_segment_ids(attention_mask), None, rows)
 
 
 def pack_sequences(sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_token_id: int,
@@ -99,8 +108,7 @@ def select_sequences(tensors: SequenceTensors, indices: Sequence[int]) -> Sequen
     if not tensors.packed:
         rows = list(indices)
         mask = tensors.attention_mask[rows]
-        segment_ids = torch.where(mask.bool(), torch.arange(count, device=mask.device)[:, None], -1)
-        return SequenceTensors(tensors.input_ids[rows], mask, tensors.labels[rows], segment_ids, None, count)
+        return SequenceTensors(tensors.input_ids[rows], mask, tensors.labels[rows], padded_segment_ids(mask), None, count)
     segments = tensors.segment_ids[0]
     parts = [(segments == i).nonzero().squeeze(1) for i in indices]
     token_index = torch.cat(parts)
@@ -117,6 +125,24 @@ def sequence_starts(segment_ids: Tensor, num_sequences: int) -> Tensor:
     slots = torch.where(flat < 0, num_sequences, flat)  # padding goes to a dropped extra slot
     first = torch.full((num_sequences + 1,), flat.numel(), dtype=torch.long, device=flat.device)
     return first.scatter_reduce(0, slots, positions, reduce="amin")[:num_sequences]
+
+
+def sequence_sums(token_values: Tensor, tokens: SequenceTensors) -> tuple[Tensor, Tensor]:
+    """Per-sequence sum of float32 per-token values over the response tokens (label != IGNORE_INDEX) and the response
+    token count, [num_sequences] each, by segment id: one path for the padded and the packed layout."""
+    response_segments = torch.where(tokens.labels != IGNORE_INDEX, tokens.segment_ids, -1)
+    return segment_sums(token_values.reshape(-1), response_segments.reshape(-1), tokens.num_sequences)
+
+
+PACKED_GPU_ATTENTION = "flex_attention"
+
+
+def attention_implementation(requested: str, packing: bool, on_gpu: bool) -> str:
+    """The attention kernel the model is loaded with. Packed rows on a GPU replace "sdpa" by transformers'
+    flex_attention: the same attention through a block-sparse per-sequence mask, so a packed row costs what its
+    sequences cost, not what the whole row would (sdpa takes a dense [N, N] mask and computes every block of it).
+    The CPU keeps sdpa because FlexAttention has no backward there; "eager" and "flash_attention_2" are kept as asked."""
+    return PACKED_GPU_ATTENTION if packing and on_gpu and requested == "sdpa" else requested
 
 
 def packed_attention_kwargs(position_ids: Tensor, config: PretrainedConfig) -> dict:

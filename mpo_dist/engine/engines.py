@@ -1,8 +1,11 @@
-"""The only module that talks to DeepSpeed: process group, the policy and reference engines, and their checkpoints.
+"""The trainer's door to DeepSpeed: process group, the policy and reference engines, and their checkpoints.
 
-The trainer sees `PolicyEngine` / `ReferenceEngine` with forward, backward, step, save and load; swapping DeepSpeed for
-another sharding backend would touch this file alone. On a machine without CUDA, DS_ACCELERATOR=cpu and gloo are chosen
-before DeepSpeed is imported, so the same code runs on a laptop, in CI and on a GPU cluster.
+The trainer sees `PolicyEngine` / `ReferenceEngine` with forward, backward, step, save and load and never imports
+DeepSpeed itself. This is not the only module that does: zero3_loading (partitioned loading under zero.Init),
+universal and offline_export (DeepSpeed's checkpoint formats) and the memory planner (mpo_dist.plan, checked against
+DeepSpeed's estimator) import it too, and ds_config writes its JSON, so another sharding backend would replace all of
+those, not this file alone. On a machine without CUDA, DS_ACCELERATOR=cpu and gloo are chosen before DeepSpeed is
+imported, so the same code runs on a laptop, in CI and on a GPU cluster.
 """
 from __future__ import annotations
 
@@ -96,10 +99,13 @@ def all_ranks_agree(flag: bool, device: torch.device) -> bool:
 
 
 def _call_model(engine: Any, batch: Batch, rows: list[int] | None, with_mlc: bool) -> ModelOutputs:
-    """Forward of all sequences of `batch`, or of the sequences `rows` only (as a sub-batch in the same layout)."""
+    """Forward of all sequences of `batch` (the policy: log-probs of the training pair only, see
+    Batch.training_pair_labels), or of the sequences `rows` only as a sub-batch in the same layout (the reference, whose
+    ReferencePlan lists just the rows it must score: log-probs of all of them)."""
     tokens = batch.sequences(rows)
+    labels = batch.training_pair_labels() if rows is None else tokens.labels
     mlc_token_index = batch.mlc_token_index() if with_mlc and batch.num_mlc_languages else None
-    return engine(tokens.input_ids, tokens.attention_mask, tokens.labels, tokens.position_ids, mlc_token_index)
+    return engine(tokens.input_ids, tokens.attention_mask, labels, tokens.position_ids, mlc_token_index)
 
 
 class PolicyEngine:

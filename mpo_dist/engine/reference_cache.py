@@ -27,10 +27,11 @@ import torch
 from mpo_dist.config import Config
 from mpo_dist.data.collate import Batch
 from mpo_dist.data.loading import resolve_path
+from mpo_dist.data.packing import sequence_sums
+from mpo_dist.engine.reference_terms import ReferenceTerms
 from mpo_dist.errors import UserError
 from mpo_dist.losses import build_loss
 from mpo_dist.losses.base import PreferenceLoss, SequenceLogps
-from mpo_dist.train.step import ReferenceTerms, sequence_sums
 
 CACHE_FORMAT = 1
 INDEX_FILE = "index.json"
@@ -107,7 +108,7 @@ def reference_fingerprint(config: Config, dtype: str) -> dict[str, Any]:
     if hasattr(loss_options, "gap"):
         terms["gap"] = loss_options.gap
     if loss.needs_anchor_hidden:
-        terms["pooling"] = getattr(loss_options, "pooling", "masked")
+        terms["pooling"] = loss.pooling
     return {"format": CACHE_FORMAT, "model": model, "tokenizer": tokenizer, "data": data, "encoding": encoding,
             "reference": terms}
 

@@ -20,15 +20,16 @@ from mpo_dist.train.evaluate import reward_gaps
 
 
 def logprob_forward(model: PreTrainedModel) -> Callable[[Batch], ModelOutputs]:
-    """Batch -> ModelOutputs with float32 log p(label) per token (0 off the response), no full logits kept. The training
-    head is built beside the model, not swapped into it, so the same model still generates afterwards."""
+    """Batch -> ModelOutputs with float32 log p(label) per token of the chosen / rejected responses (0 elsewhere), no
+    full logits kept. The training head is built beside the model, not swapped into it, so the same model still
+    generates afterwards."""
     backbone = getattr(model, model.base_model_prefix)
     head = LogProbHead(model.get_output_embeddings(), getattr(model.config, "final_logit_softcapping", None))
 
     @torch.inference_mode()
     def forward(batch: Batch) -> ModelOutputs:
         hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
-        return ModelOutputs(head(hidden, batch.labels), hidden, None)
+        return ModelOutputs(head(hidden, batch.training_pair_labels()), hidden, None)
 
     return forward
 

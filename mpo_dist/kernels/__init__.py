@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 
 from mpo_dist.kernels.logprob_torch import torch_label_logprobs
-from mpo_dist.kernels.segment import row_segment_ids, segment_sums
+from mpo_dist.kernels.segment import segment_sums
 
-__all__ = ["label_logprobs", "segment_sums", "row_segment_ids"]
+__all__ = ["label_logprobs", "segment_sums"]
 
 _FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _BACKENDS = ("auto", "triton", "torch")

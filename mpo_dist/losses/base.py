@@ -131,6 +131,7 @@ class PreferenceLoss(ABC):
     needs_reference: bool = False        # needs `reference` (reference log-probs on the training pair)
     needs_anchor: bool = False           # needs `anchor_reference` (reference on the dominant-language pair)
     needs_anchor_hidden: bool = False    # needs `anchor_policy_hidden` and `anchor_reference_hidden`
+    pooling: str = "masked"              # how those hidden states are averaged over tokens (see MPOOptions.pooling)
 
     def __call__(self, inputs: PreferenceInputs) -> LossOutput:
         required = {"reference": self.needs_reference, "anchor_reference": self.needs_anchor,

@@ -60,6 +60,7 @@ class MPOLoss(PreferenceLoss):
         self.options = options
         self.needs_reference = options.gap == "dpo"
         self.needs_anchor_hidden = options.alpha > 0
+        self.pooling = options.pooling
 
     def _target_sequences(self, inputs: PreferenceInputs) -> SequenceLogps:
         """The per-response quantities whose difference is RG^t_θ: policy log-probs, or log-ratios for gap="dpo"."""

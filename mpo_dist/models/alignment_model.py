@@ -17,7 +17,7 @@ from mpo_dist.models.head import LogProbHead
 
 @dataclass
 class ModelOutputs:
-    token_logprobs: torch.Tensor  # [R, T] float32, 0 where the label is ignored
+    token_logprobs: torch.Tensor  # [R, T] float32, 0 where the label is IGNORE_INDEX (never through the head)
     last_hidden: torch.Tensor  # [R, T, H] final hidden state (after the final norm)
     mlc_vectors: torch.Tensor | None  # [P*L, D] projected prompt representations, or None without MLC
 

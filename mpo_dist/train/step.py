@@ -1,6 +1,6 @@
 """One micro-step's arithmetic: model outputs -> per-sequence log-prob sums -> the configured loss (+ MLC).
 
-Kept apart from the loop so it can be tested on plain tensors and reused by evaluation and the reference cache.
+Kept apart from the loop so it can be tested on plain tensors and reused by evaluation and precompute-ref.
 """
 from __future__ import annotations
 
@@ -8,19 +8,12 @@ from dataclasses import dataclass
 
 import torch
 
-from mpo_dist.data.collate import IGNORE_INDEX, Batch
-from mpo_dist.data.packing import SequenceTensors
-from mpo_dist.kernels import segment_sums
+from mpo_dist.data.collate import Batch
+from mpo_dist.data.packing import IGNORE_INDEX, SequenceTensors, sequence_sums
+from mpo_dist.engine.reference_terms import ReferenceTerms
 from mpo_dist.losses.base import LossOutput, PreferenceInputs, PreferenceLoss, SequenceLogps
 from mpo_dist.losses.mlc import mlc_loss
 from mpo_dist.models.alignment_model import ModelOutputs
-
-
-def sequence_sums(token_logprobs: torch.Tensor, tokens: SequenceTensors) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sequence sum of response-token log-probs and response-token count [S] each, by segment id: one path for the
-    padded and the packed layout."""
-    response_segments = torch.where(tokens.labels != IGNORE_INDEX, tokens.segment_ids, -1)
-    return segment_sums(token_logprobs.reshape(-1), response_segments.reshape(-1), tokens.num_sequences)
 
 
 def pair_logps(token_logprobs: torch.Tensor, tokens: SequenceTensors, chosen: slice, rejected: slice) -> SequenceLogps:
@@ -77,20 +70,7 @@ def _anchor_hidden(outputs: ModelOutputs, tokens: SequenceTensors, offset: int, 
     return torch.stack([pooled[:p], pooled[p:]], dim=1)  # [P, 2, H]
 
 
-@dataclass
-class ReferenceTerms:
-    """What the frozen reference contributes to one micro-batch's PreferenceInputs, for its P pairs in batch order.
-
-    Computed by an online reference forward (`reference_terms`) or read back from the precomputed cache
-    (mpo_dist.engine.reference_cache), so the loss cannot tell the two apart."""
-
-    reference: SequenceLogps | None = None  # the training-language pair (DPO family, MPO gap="dpo")
-    anchor_reference: SequenceLogps | None = None  # the dominant-language pair (MPO)
-    anchor_reference_hidden: torch.Tensor | None = None  # [P, 2, H] pooled dominant chosen / rejected (MPO L2)
-
-
-def reference_terms(reference: ModelOutputs, plan: ReferencePlan, batch: Batch, loss: PreferenceLoss,
-                    pooling: str) -> ReferenceTerms:
+def reference_terms(reference: ModelOutputs, plan: ReferencePlan, batch: Batch, loss: PreferenceLoss) -> ReferenceTerms:
     """`reference` is the reference model's output on the sub-batch `batch.sequences(plan.rows)`."""
     p = batch.num_pairs
     reference_tokens = batch.sequences(plan.rows)
@@ -100,23 +80,30 @@ def reference_terms(reference: ModelOutputs, plan: ReferencePlan, batch: Batch, 
     if plan.anchor_offset is not None:
         terms.anchor_reference = _pairs_at(reference, reference_tokens, plan.anchor_offset, p)
         if loss.needs_anchor_hidden:
-            terms.anchor_reference_hidden = _anchor_hidden(reference, reference_tokens, plan.anchor_offset, p, pooling).detach()
+            terms.anchor_reference_hidden = _anchor_hidden(reference, reference_tokens, plan.anchor_offset, p,
+                                                           loss.pooling).detach()
     return terms
 
 
-def preference_inputs(policy: ModelOutputs, reference: ReferenceTerms | None, batch: Batch, loss: PreferenceLoss,
-                      pooling: str) -> PreferenceInputs:
+def preference_inputs(policy: ModelOutputs, reference: ReferenceTerms | None, batch: Batch,
+                      loss: PreferenceLoss) -> PreferenceInputs:
     p = batch.num_pairs
     tokens = batch.sequences()
     anchor_policy_hidden = None
     if loss.needs_anchor_hidden and batch.has_anchor:
-        anchor_policy_hidden = _anchor_hidden(policy, tokens, batch.rows("anchor_chosen").start, p, pooling)
+        anchor_policy_hidden = _anchor_hidden(policy, tokens, batch.rows("anchor_chosen").start, p, loss.pooling)
     reference = reference or ReferenceTerms()
     return PreferenceInputs(
         policy=pair_logps(policy.token_logprobs, tokens, batch.rows("chosen"), batch.rows("rejected")),
         reference=reference.reference, anchor_reference=reference.anchor_reference,
         anchor_policy_hidden=anchor_policy_hidden, anchor_reference_hidden=reference.anchor_reference_hidden,
     )
+
+
+def head_live_fraction(batch: Batch) -> torch.Tensor:
+    """The share of the policy forward's positions that go through the LM head (the training pair's response tokens,
+    see Batch.training_pair_labels): the head's cost relative to scoring every position, logged each step."""
+    return (batch.training_pair_labels() != IGNORE_INDEX).sum() / batch.labels.numel()
 
 
 def total_loss(base: LossOutput, policy: ModelOutputs, batch: Batch, mlc_weight: float, mlc_tau: float, mlc_eps: float) -> LossOutput:

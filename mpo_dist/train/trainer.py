@@ -43,7 +43,7 @@ from mpo_dist.train.evaluate import reward_gaps
 from mpo_dist.train.logger import METRICS_FILE, RunLogger, memory_gib, setup_console_logging
 from mpo_dist.train.schedule import warmup_cosine
 from mpo_dist.train.preemption import COMPLETED_FILE, EXIT_REQUEUE, STOP_FILE, StopRequest
-from mpo_dist.train.step import ReferencePlan, preference_inputs, reference_terms, total_loss
+from mpo_dist.train.step import ReferencePlan, head_live_fraction, preference_inputs, reference_terms, total_loss
 
 log = logging.getLogger("mpo_dist")
 
@@ -69,7 +69,6 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
         self.loss = build_loss(config.loss.name, config.loss.options())
-        self.pooling = getattr(config.loss.options(), "pooling", "masked")
         self.tokenizer = run_tokenizer(config)
         self.train_examples, self.eval_examples = run_examples(config, self.tokenizer, with_anchor=self.loss.needs_anchor,
                                                                with_mlc=config.mlc.enabled)
@@ -131,13 +130,13 @@ class Trainer:
         if isinstance(self.reference, ReferenceCache):
             terms = self.reference.terms(batch)
         elif self.reference is not None and plan.rows:
-            terms = reference_terms(self.reference.forward(batch, plan.rows), plan, batch, self.loss, self.pooling)
-        base = self.loss(preference_inputs(policy_out, terms, batch, self.loss, self.pooling))
+            terms = reference_terms(self.reference.forward(batch, plan.rows), plan, batch, self.loss)
+        base = self.loss(preference_inputs(policy_out, terms, batch, self.loss))
         mlc = self.config.mlc
         out = total_loss(base, policy_out, batch, mlc_weight, mlc.tau, mlc.eps)
         self.policy.backward(out.loss)
         self.policy.step()
-        return out
+        return LossOutput(out.loss, out.metrics | {"head/live_fraction": head_live_fraction(batch)})
 
     def optimizer_step(self, step: int) -> tuple[float, dict[str, float], list[str], int]:
         """Run the accumulation micro-steps of optimiser step `step`; return mean loss, metrics, example ids, tokens."""

@@ -30,7 +30,7 @@ def main() -> None:
     trainer = Trainer(config)
     batch = trainer.collator([trainer.train_examples[i] for i in trainer.sampler.next_batch()])
     outputs = trainer.policy.forward(batch)
-    loss = trainer.loss(preference_inputs(outputs, None, batch, trainer.loss, "masked"))
+    loss = trainer.loss(preference_inputs(outputs, None, batch, trainer.loss))
     trainer.policy.backward(loss.loss)
     ours = trainer.policy.full_gradients()
 
