@@ -30,7 +30,8 @@ def _init_tiny(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mpo_dist import checkpoint_commands, demo, import_command, precompute_command
+    from mpo_dist import checkpoint_commands, config_keys, demo, import_command, precompute_command
+    from mpo_dist.check.command import register as register_check
     from mpo_dist.plan.command import register as register_plan
     from mpo_dist.eval.command import register as register_eval
 
@@ -38,9 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help=f"show the traceback of a user error too (or {DEBUG_ENV}=1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train MPO / MLC / a baseline (run under torchrun or srun)")
+    train = commands.add_parser("train", help="train MPO / MLC / a baseline (run under torchrun or srun)",
+                                description="Train with a YAML config and --set overrides. Every config key with its "
+                                            "type, default and meaning: `mpo-dist config-keys`. Check a run first "
+                                            "with `mpo-dist check` (same --config/--set).")
     train.add_argument("--config", type=Path, help="YAML config (see docs/configuration.md)")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. --set optim.lr=1e-6")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set optim.lr=1e-6 (all keys: mpo-dist config-keys)")
     train.add_argument("--resume", help="none | auto | PATH (shortcut for --set checkpoint.resume=...)")
     train.set_defaults(func=_train)
 
@@ -52,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--layers", type=int, default=2)
     tiny.set_defaults(func=_init_tiny)
 
+    register_check(commands)
+    config_keys.register(commands)
     demo.register(commands)
     precompute_command.register(commands)
     import_command.register(commands)

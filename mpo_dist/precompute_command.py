@@ -46,8 +46,8 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
     """Collective: every rank of the job calls it. The number of forwards is equal on all ranks (ZeRO-3 gathers each
     layer's parameters collectively), so a rank that runs out of examples repeats one and drops the result."""
     import torch.distributed as dist
-    from transformers import AutoConfig
 
+    from mpo_dist.check.preflight import launch_context, preflight
     from mpo_dist.config import ConfigError
     from mpo_dist.data.collate import PreferenceCollator
     from mpo_dist.data.sampler import batches_per_rank, rank_batches
@@ -55,8 +55,7 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
     from mpo_dist.engine.reference_cache import (cached_term_names, prepare_directory, reference_fingerprint,
                                                  require_unique_ids, term_tensors, write_index, write_shard)
     from mpo_dist.losses import build_loss
-    from mpo_dist.runtime import resolve_dtype
-    from mpo_dist.train.build import reference_engine, run_examples, run_tokenizer
+    from mpo_dist.train.build import reference_engine
     from mpo_dist.train.logger import setup_console_logging
     from mpo_dist.train.step import ReferencePlan, reference_terms
 
@@ -64,15 +63,18 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
     if not (loss.needs_reference or loss.needs_anchor):
         raise ConfigError(f"loss.name: {config.loss.name!r} with these options reads no reference terms; nothing to "
                           "precompute (train with engine.reference=none)")
+    launch = launch_context()  # the checks train runs, before the process group: a bad path or row is one line
+    inputs = preflight(config, world_size=launch.world_size, on_gpu=launch.on_gpu, open_reference_cache=False,
+                       verify_resume=False)
+    inputs.report.raise_if_failed()
     ctx = init_distributed()
     setup_console_logging(ctx.rank)
     data = config.data
-    tokenizer = run_tokenizer(config)
-    examples, _ = run_examples(config, tokenizer, with_anchor=loss.needs_anchor, with_mlc=False)
+    tokenizer, examples = inputs.model.tokenizer, inputs.train_examples
     require_unique_ids([example.example_id for example in examples])  # before hours of forwards, not after
 
-    dtype_name = resolve_dtype(config.model.dtype, ctx.on_gpu)
-    hidden_size = AutoConfig.from_pretrained(config.model.path).hidden_size
+    dtype_name = inputs.dtype_name
+    hidden_size = inputs.model.hf_config.hidden_size
     reference = reference_engine(config, world_size=ctx.world_size, on_gpu=ctx.on_gpu, dtype_name=dtype_name,
                                  hidden_size=hidden_size)
     fingerprint = reference_fingerprint(config, dtype_name)

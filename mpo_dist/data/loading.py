@@ -110,11 +110,17 @@ def load_records(data_file: DataFile, dominant_language: str, skip_bad_rows: boo
     return records
 
 
-def load_all(files: list[DataFile], dominant_language: str, skip_bad_rows: bool = False) -> list[ParallelRecord]:
-    records = [record for data_file in files for record in load_records(data_file, dominant_language, skip_bad_rows)]
+def require_unique_ids(records: list[ParallelRecord]) -> None:
+    """A record id repeated within one file is a mistake (a pasted row); the same id in two files is allowed (the
+    released MPO data has one file per language with the same items)."""
     seen: dict[tuple[str, str], ParallelRecord] = {}
     for record in records:
         first = seen.setdefault((record.file, record.id), record)
         if first is not record:
             raise DataError(record.file, record.row, "id", f"duplicate id {record.id!r} (first at row {first.row})")
+
+
+def load_all(files: list[DataFile], dominant_language: str, skip_bad_rows: bool = False) -> list[ParallelRecord]:
+    records = [record for data_file in files for record in load_records(data_file, dominant_language, skip_bad_rows)]
+    require_unique_ids(records)
     return records

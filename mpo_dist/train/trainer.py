@@ -1,4 +1,5 @@
-"""The training loop, readable top to bottom: build data, engines and loss; then step, log, evaluate, checkpoint, stop.
+"""The training loop, readable top to bottom: check the inputs, build engines and loss; then step, log, evaluate,
+checkpoint, stop.
 
 It never calls DeepSpeed: the engine layer (mpo_dist.engine) owns the process group, the ZeRO-3 engines and their
 checkpoints. Exit status: 0 when training completed, EXIT_REQUEUE (75) when it stopped early on a signal / STOP file
@@ -8,15 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from transformers import AutoConfig
 
+from mpo_dist.check.preflight import CHECKPOINTS_DIR, launch_context, preflight, reference_needed
 from mpo_dist.config import Config, to_dict
 from mpo_dist.data.collate import Batch, PreferenceCollator
 from mpo_dist.data.sampler import ResumableDistributedSampler
@@ -31,13 +31,13 @@ from mpo_dist.engine.engines import (
     init_distributed,
 )
 from mpo_dist.engine.hf_export import export_live_policy
-from mpo_dist.engine.reference_cache import ReferenceCache, reference_fingerprint
+from mpo_dist.engine.reference_cache import ReferenceCache
 from mpo_dist.engine.universal import is_universal
 from mpo_dist.losses import build_loss
 from mpo_dist.losses.base import LossOutput
 from mpo_dist.losses.mlc import mlc_applies
-from mpo_dist.runtime import resolve_dtype, seed_everything, torch_dtype
-from mpo_dist.train.build import model_options, reference_engine, run_examples, run_tokenizer
+from mpo_dist.runtime import seed_everything, torch_dtype
+from mpo_dist.train.build import model_options, reference_engine
 from mpo_dist.train.checkpoint import CheckpointManager, resolve_resume
 from mpo_dist.train.evaluate import reward_gaps
 from mpo_dist.train.logger import METRICS_FILE, RunLogger, memory_gib, setup_console_logging
@@ -61,52 +61,56 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, config: Config):
+        """Checks first (those of `mpo-dist check`, on every rank): a run that would fail raises a one-line UserError
+        before the process group or DeepSpeed starts. The resume checkpoint is verified right after the process group
+        starts (the ranks share reading it). The output directory is created only after both."""
         self.config = config
+        launch = launch_context()
+        inputs = preflight(config, world_size=launch.world_size, on_gpu=launch.on_gpu, device=launch.device,
+                           verify_resume=False)
+        inputs.report.raise_if_failed()
         self.ctx: DistributedContext = init_distributed()
+        if (self.ctx.world_size, self.ctx.device) != (launch.world_size, launch.device):
+            raise RuntimeError(f"the process group ({self.ctx.world_size} ranks, {self.ctx.device}) differs from the "
+                               f"launch environment the checks used ({launch.world_size}, {launch.device})")
         setup_console_logging(self.ctx.rank)
+        for warning in inputs.report.warnings:
+            log.warning("%s", warning)
         seed_everything(config.train.seed)
         self.output_dir = config.output_dir
+        self.resume_dir = resolve_resume(config.checkpoint.resume, self.output_dir / CHECKPOINTS_DIR)
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
         self.loss = build_loss(config.loss.name, config.loss.options())
-        self.tokenizer = run_tokenizer(config)
-        self.train_examples, self.eval_examples = run_examples(config, self.tokenizer, with_anchor=self.loss.needs_anchor,
-                                                               with_mlc=config.mlc.enabled)
+        self.tokenizer = inputs.model.tokenizer
+        self.train_examples, self.eval_examples = inputs.train_examples, inputs.eval_examples
         self.collator = PreferenceCollator(self.tokenizer.pad_token_id, packing=config.data.packing)
         self.sampler = ResumableDistributedSampler(
             len(self.train_examples), rank=self.ctx.rank, world_size=self.ctx.world_size,
             micro_batch_size=config.train.micro_batch_size, seed=config.train.seed,
         )
-        accumulation = config.train.gradient_accumulation
-        steps_per_epoch = math.ceil(self.sampler.batches_per_epoch / accumulation)
-        self.total_steps = config.train.max_steps or config.train.epochs * steps_per_epoch
-        self.dtype_name = resolve_dtype(config.model.dtype, self.ctx.on_gpu)
-        self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", config.checkpoint.keep_last, self.ctx.rank)
-        self.resume_dir = resolve_resume(config.checkpoint.resume, self.checkpoints.root)
-        self.policy, self.reference = self._build_engines()
-        log.info("%d training examples, %d eval examples, %d optimiser steps, world size %d, dtype %s, loss %s%s",
-                 len(self.train_examples), len(self.eval_examples), self.total_steps, self.ctx.world_size, self.dtype_name,
-                 config.loss.name, " + mlc" if config.mlc.enabled else "")
+        self.total_steps = inputs.total_steps
+        self.dtype_name = inputs.dtype_name
+        self.checkpoints = CheckpointManager(self.output_dir / CHECKPOINTS_DIR, config.checkpoint.keep_last, self.ctx.rank)
+        self.policy, self.reference = self._build_engines(inputs.model.hf_config.hidden_size, inputs.reference_cache)
+        log.info("%d training examples (%d of %d sequences truncated), %d eval examples, %d optimiser steps, world size "
+                 "%d, dtype %s, loss %s%s", len(self.train_examples), inputs.token_counts.truncated,
+                 len(inputs.token_counts.kept), len(self.eval_examples), self.total_steps, self.ctx.world_size,
+                 self.dtype_name, config.loss.name, " + mlc" if config.mlc.enabled else "")
 
     # ---- construction -------------------------------------------------------------------------------------------
-    def _build_engines(self) -> tuple[PolicyEngine, ReferenceEngine | ReferenceCache | None]:
+    def _build_engines(self, hidden_size: int, cache: ReferenceCache | None
+                       ) -> tuple[PolicyEngine, ReferenceEngine | ReferenceCache | None]:
+        """The policy, and the reference: the cache the checks opened, a ZeRO-3 engine, or none for reference-free losses."""
         config = self.config
-        reference_needed = self.loss.needs_reference or self.loss.needs_anchor
-        cache = self._open_reference_cache() if reference_needed and config.engine.reference == "cache" else None
-        hidden_size = AutoConfig.from_pretrained(config.model.path).hidden_size
         policy = self._policy_engine(hidden_size)
-        if cache is not None or not reference_needed:
+        if cache is not None:
+            log.info("reference terms from the cache %s: no reference engine", config.engine.reference_cache)
             return policy, cache
+        if not reference_needed(config):
+            return policy, None
         return policy, reference_engine(config, world_size=self.ctx.world_size, on_gpu=self.ctx.on_gpu,
                                         dtype_name=self.dtype_name, hidden_size=hidden_size)
-
-    def _open_reference_cache(self) -> ReferenceCache:
-        """Opened before any engine is built: a stale cache fails in seconds, not after loading the model."""
-        config = self.config
-        cache = ReferenceCache.open(config.engine.reference_cache, reference_fingerprint(config, self.dtype_name), self.ctx.device)
-        cache.require_examples(example.example_id for example in self.train_examples)
-        log.info("reference terms from the cache %s: no reference engine", config.engine.reference_cache)
-        return cache
 
     def _policy_engine(self, hidden_size: int) -> PolicyEngine:
         config = self.config

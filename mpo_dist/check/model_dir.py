@@ -1,0 +1,102 @@
+"""The model directory: a local Hugging Face model whose config, weights and tokenizer load and agree.
+
+Without this check a missing model.path reaches Hugging Face as a hub "repo id" and fails with "Repo id must be in the
+form ...", and a directory without a tokenizer fails with a sentencepiece / tiktoken message; neither names the path.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from mpo_dist.check.report import CheckReport
+from mpo_dist.config import Config
+from mpo_dist.train.build import run_tokenizer
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHT_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+INIT_TINY_HINT = "make a tiny one with `mpo-dist init-tiny DIR`, or see docs/models.md"
+
+
+@dataclass
+class ModelInputs:
+    """What the run reads from the model directory: its config (hidden and vocabulary sizes) and the tokenizer."""
+
+    hf_config: Any
+    tokenizer: PreTrainedTokenizerBase
+
+
+def _weights_problem(model_dir: Path) -> str | None:
+    """None when the weights are there: a single file, or an index whose every shard exists."""
+    for index_name in WEIGHT_INDEX_FILES:
+        index_path = model_dir / index_name
+        if index_path.is_file():
+            try:
+                shards = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
+                return f"{index_path} is not a weight index (expected JSON with a 'weight_map')"
+            missing = [shard for shard in shards if not (model_dir / shard).is_file()]
+            return f"{index_path} lists {len(missing)} missing shard file(s), e.g. {missing[0]}" if missing else None
+    if any((model_dir / name).is_file() for name in WEIGHT_FILES):
+        return None
+    return f"{model_dir} has no weights ({', '.join(WEIGHT_FILES + WEIGHT_INDEX_FILES)})"
+
+
+def _load_config(model_dir: Path, report: CheckReport) -> Any | None:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        report.error(f"model.path: {model_dir}/config.json does not load as a Hugging Face config: "
+                     f"{str(error).splitlines()[0]}")
+        return None
+
+
+def _load_tokenizer(config: Config, report: CheckReport) -> PreTrainedTokenizerBase | None:
+    key = "model.tokenizer" if config.model.tokenizer else "model.path"
+    tokenizer_dir = Path(config.model.tokenizer or config.model.path)
+    if not tokenizer_dir.is_dir():
+        report.error(f"{key}: tokenizer directory {tokenizer_dir} does not exist")
+        return None
+    try:
+        tokenizer = run_tokenizer(config)
+    except Exception as error:  # noqa: BLE001 - each tokenizer backend fails its own way on a wrong directory
+        first_line = (str(error).splitlines() or [""])[0]
+        report.error(f"{key}: no tokenizer loads from {tokenizer_dir} ({type(error).__name__}: {first_line}); expected "
+                     "tokenizer.json or tokenizer.model with tokenizer_config.json")
+        return None
+    if tokenizer.chat_template is None:
+        report.error(f"{key}: the tokenizer in {tokenizer_dir} has no chat template; set one in tokenizer_config.json "
+                     "or chat_template.jinja (responses are rendered with it)")
+        return None
+    return tokenizer
+
+
+def check_model_directory(config: Config, report: CheckReport) -> ModelInputs | None:
+    """The model's config and tokenizer, or None after recording what is wrong (naming the path)."""
+    model_dir = Path(config.model.path)
+    if not model_dir.is_dir():
+        what = "is a file, not a directory" if model_dir.exists() else "does not exist"
+        report.error(f"model.path: {model_dir} {what}; expected a local Hugging Face model directory ({INIT_TINY_HINT})")
+        return None
+    if not (model_dir / "config.json").is_file():
+        report.error(f"model.path: {model_dir} is not a Hugging Face model directory (no config.json; {INIT_TINY_HINT})")
+        return None
+    weights_problem = _weights_problem(model_dir)
+    if weights_problem:
+        report.error(f"model.path: {weights_problem}")
+    hf_config = _load_config(model_dir, report)
+    tokenizer = _load_tokenizer(config, report)
+    if hf_config is None or tokenizer is None or weights_problem:
+        return None
+    vocab_size = getattr(hf_config, "vocab_size", None)
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        report.error(f"model.tokenizer: the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
+                     f"{vocab_size} rows (config.json vocab_size); ids beyond it cannot be embedded - is it the "
+                     "model's own tokenizer?")
+        return None
+    return ModelInputs(hf_config, tokenizer)

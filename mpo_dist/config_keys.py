@@ -1,0 +1,53 @@
+"""`mpo-dist config-keys`: every config key with its type, default and one-line meaning, read from the config
+dataclasses themselves (the meanings are their fields' metadata), so the list cannot drift from the code."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Iterator
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(map(str, typing.get_args(annotation)))
+    if typing.get_origin(annotation) is list:
+        return f"list[{_type_name(typing.get_args(annotation)[0])}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def config_keys(cls: type, prefix: str = "") -> Iterator[tuple[str, str, str, str]]:
+    """(dotted key, type, default, meaning) for every leaf key; a section yields its own line first (type "section")."""
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    for item in dataclasses.fields(cls):
+        key, annotation = f"{prefix}{item.name}", hints[item.name]
+        meaning = item.metadata.get("meaning", "")
+        if dataclasses.is_dataclass(annotation):
+            yield key, "section", "", meaning
+            yield from config_keys(annotation, f"{key}.")
+            continue
+        default = getattr(defaults, item.name)
+        if isinstance(default, list):
+            default = [getattr(d, "path", d) for d in default]  # a data file by its path
+        yield key, _type_name(annotation), repr(default), meaning
+
+
+def render_config_keys() -> str:
+    from mpo_dist.config import Config
+
+    rows = list(config_keys(Config))
+    width = max(len(key) for key, *_ in rows) + 2
+    lines = []
+    for key, type_name, default, meaning in rows:
+        if type_name == "section":
+            lines += ["", f"{key}: {meaning}" if meaning else f"{key}:"]
+        else:
+            lines.append(f"  {key:<{width}}{type_name:<12}{default:<22} {meaning}".rstrip())
+    return "\n".join(lines).lstrip("\n")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("config-keys", help="list every config key with its type, default and meaning",
+                                   description="Every key `--config` YAML and `--set KEY=VALUE` accept "
+                                               "(docs/configuration.md).")
+    parser.set_defaults(func=lambda args: print(render_config_keys()))
