@@ -7,9 +7,9 @@ Batch: `--pairs` MPO examples per step, each 4 sequences (target chosen / reject
 
   mpo-dist  the library's step (what Trainer.micro_step runs): AlignmentModel with the fused log-prob head (Triton on
             GPU, never the full logits), reference terms read from a reference cache written once before timing
-            (mpo-dist precompute-ref's format), optional packing (data.packing: on by default only with
-            flash_attention_2, whose varlen kernel keeps attention inside each sequence; sdpa would attend over the
-            whole packed row through a mask).
+            (mpo-dist precompute-ref's format), packing (data.packing, on by default: flash_attention_2's varlen
+            kernel keeps attention inside each sequence, and where sdpa is asked for on a GPU the model loads
+            flex_attention, whose block-sparse mask does the same without flash-attn).
   mpo-dist-half-ckpt  only the first half of the decoder layers checkpointed (model.checkpointed_layers =
             layers / 2): half the recomputation for half the extra activation memory.
   mpo-dist-no-ckpt  no activation checkpointing: the memory the fused head and the cache save (no [tokens, vocab]
@@ -86,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--attn", default="auto", choices=["auto", "sdpa", "flash_attention_2"],
                         help="auto = flash_attention_2 if flash-attn is importable, else sdpa")
     parser.add_argument("--packing", default="auto", choices=["auto", "on", "off"],
-                        help="mpo-dist's data.packing; auto = on with flash_attention_2 only")
+                        help="mpo-dist's data.packing; auto = on (packed rows run flash_attention_2, or flex_attention "
+                             "where sdpa is asked for on a GPU)")
     parser.add_argument("--naive-reference", default="offload", choices=["offload", "gpu"],
                         help="naive step's reference: ZeRO-3 engine offloaded to CPU, or a bf16 copy on the GPU")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -352,7 +353,7 @@ def resolve_attention(args: argparse.Namespace, device: torch.device) -> None:
         except ImportError:
             args.attn = "sdpa"
     if args.packing == "auto":
-        args.packing = "on" if args.attn == "flash_attention_2" else "off"
+        args.packing = "on"
 
 
 def median_round(runs: list[Result]) -> Result:
@@ -419,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     resolve_attention(args, device)
     if args.run_one:
         return run_one(args, device, dtype_name)
+    from mpo_dist.data.packing import attention_implementation
     from mpo_dist.runtime import torch_dtype
 
     lengths = [len(s.input_ids) for e in synthetic_examples(args)
@@ -430,9 +432,10 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke run)"
+        mpo_dist_attention = attention_implementation(args.attn, args.packing == "on", on_gpu=device.type == "cuda")
         print(f"device {device_name}; torch {torch.__version__}; Llama {params / 1e9:.2f} B params (hidden {args.hidden}, "
               f"{args.layers} layers, vocab {args.vocab}); {args.pairs} pairs x 4 sequences, lengths "
-              f"{min(lengths)}..{max(lengths)} (mean {statistics.mean(lengths):.0f}); {dtype_name}; attention {args.attn}; mpo-dist packing {args.packing}; naive reference "
+              f"{min(lengths)}..{max(lengths)} (mean {statistics.mean(lengths):.0f}); {dtype_name}; attention {args.attn} (mpo-dist: {mpo_dist_attention}); mpo-dist packing {args.packing}; naive reference "
               f"{args.naive_reference}; peak {peak or 'unknown'} TFLOP/s; {args.warmup} warm-up + {args.steps} timed steps; "
               f"{args.rounds} round(s)",
               flush=True)

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from mpo_dist.data.collate import Batch
+from mpo_dist.data.packing import attention_implementation
 from mpo_dist.models.activation_checkpointing import enable_activation_checkpointing
 from mpo_dist.models.alignment_model import AlignmentModel, ModelOutputs
 
@@ -214,17 +215,20 @@ class ReferenceEngine:
 
 
 def build_alignment_model(model_dir: str, ds_config: dict, dtype: torch.dtype, *, attn_implementation: str,
-                          logprob_backend: str, logprob_chunk_size: int, gradient_checkpointing: bool = False,
-                          checkpointed_layers: int = -1, mlc_dim: int = 0, mlc_layer: int = -1,
-                          seed: int = 0) -> AlignmentModel:
+                          logprob_backend: str, logprob_chunk_size: int, packing: bool = False,
+                          gradient_checkpointing: bool = False, checkpointed_layers: int = -1, mlc_dim: int = 0,
+                          mlc_layer: int = -1, seed: int = 0) -> AlignmentModel:
     """The causal LM loaded into ZeRO-3 partitions, its head swapped for the log-prob head, and (mlc_dim > 0) a
-    freshly initialised MLC projection created under the same partitioning so ZeRO-3 shards and checkpoints it too."""
+    freshly initialised MLC projection created under the same partitioning so ZeRO-3 shards and checkpoints it too.
+    `packing` (data.packing) lets packed rows on a GPU run flex_attention where sdpa was asked for (see
+    mpo_dist.data.packing.attention_implementation)."""
     import deepspeed
 
     from mpo_dist.engine.zero3_loading import load_causal_lm
     from mpo_dist.losses.mlc import MLCProjection
 
-    causal_lm = load_causal_lm(model_dir, ds_config, dtype, attn_implementation)
+    attention = attention_implementation(attn_implementation, packing, on_gpu=torch.cuda.is_available())
+    causal_lm = load_causal_lm(model_dir, ds_config, dtype, attention)
     if gradient_checkpointing:
         enable_activation_checkpointing(causal_lm, checkpointed_layers)
     projection = None
