@@ -37,12 +37,70 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
         (["data.train_files=[{path: x, format: csv}]"], "data.train_files[0].format"),
         (["engine.reference=none"], "engine.reference"),  # MPO needs the reference
         (["optim"], "expected key=value"),
+        (["optim.lr=0"], "optim.lr: must be a finite number > 0, got 0.0"),
+        (["optim.lr=-1e-6"], "optim.lr: must be a finite number > 0, got -1e-06"),
+        (["optim.lr=.inf"], "optim.lr: must be a finite number > 0, got inf"),
+        (["optim.lr=.nan"], "optim.lr: must be a finite number > 0, got nan"),
+        (["optim.weight_decay=-0.01"], "optim.weight_decay: must be a finite number >= 0, got -0.01"),
+        (["optim.max_grad_norm=0"], "optim.max_grad_norm: must be a finite number > 0, got 0.0"),
+        (["optim.max_grad_norm=-1"], "optim.max_grad_norm: must be a finite number > 0, got -1.0"),
+        (["optim.min_lr_ratio=-0.1"], "optim.min_lr_ratio: must be in [0, 1], got -0.1"),
+        (["optim.min_lr_ratio=1.5"], "optim.min_lr_ratio: must be in [0, 1], got 1.5"),
+        (["optim.betas=[0.9, 1.0]"], "optim.betas: expected two numbers in [0, 1)"),
+        (["train.max_steps=-5"], "train.max_steps: must be >= 0 (0 = off / derived), got -5"),
+        (["checkpoint.every_minutes=-1"], "checkpoint.every_minutes: must be a finite number >= 0"),
+        (["data.languages=[zh,jp]"], "data.languages: unknown language code(s) 'jp'; known codes: am, ar,"),
+        (["data.languages=[xx]"], "data.languages: unknown language code(s) 'xx'"),
+        (["data.languages=[zh,zh]"], "data.languages: zh listed more than once"),
+        (["data.dominant_language=english"], "data.dominant_language: unknown language code(s) 'english'"),
+        (["mlc.languages=[en,zh,jp]"], "mlc.languages: unknown language code(s) 'jp'"),
+        (["data.train_files=[{path: a.json, format: mpo, target_language: jp}]"],
+         "data.train_files[0].target_language: unknown language code(s) 'jp'"),
+        (["optim.betas=[0.9, 0.95"], "--set optim.betas: the value '[0.9, 0.95' is not valid YAML: expected ',' or ']'"),
+        (["data.train_files=[{format: mpo}]"], "data.train_files[0]: "),  # a data file needs its path
     ],
 )
 def test_bad_values_name_the_key(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(None, REQUIRED + overrides)
     assert message in str(caught.value)
+
+
+def test_errors_are_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  path: /m\n optim: {lr: 1}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "\n" not in str(caught.value) and str(caught.value).startswith(f"config file {path}: invalid YAML: ")
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, REQUIRED + ["data.languages=[zh, {a: b]"])
+    assert "\n" not in str(caught.value) and "--set data.languages" in str(caught.value)
+
+
+def test_config_keys_lists_every_key_with_type_default_and_meaning() -> None:
+    import dataclasses
+
+    from mpo_dist.config import Config
+    from mpo_dist.config_keys import config_keys
+
+    rows = {key: (type_name, default, meaning) for key, type_name, default, meaning in config_keys(Config)}
+    assert rows["optim.lr"] == ("float", "6e-07", "peak learning rate (AdamW), > 0")
+    assert rows["loss.mpo.gap"][0] == "length_normalized | dpo"
+    assert rows["data.train_files"][1] == "['sample:train']"
+
+    def leaves(cls: type, prefix: str = "") -> list[str]:  # independent walk: every init field of every section
+        keys = []
+        for item in dataclasses.fields(cls):
+            section = item.default_factory() if item.default_factory is not dataclasses.MISSING else None
+            if dataclasses.is_dataclass(section):
+                keys += leaves(type(section), f"{prefix}{item.name}.")
+            else:
+                keys.append(f"{prefix}{item.name}")
+        return keys
+
+    assert sorted(k for k, (t, _, _) in rows.items() if t != "section") == sorted(leaves(Config))
+    own_sections = ("model.", "data.", "optim.", "train.", "engine.", "checkpoint.", "logging.")
+    assert all(rows[key][2] for key in rows if key.startswith(own_sections)), "a key of our own sections lacks a meaning"
 
 
 def test_model_path_required_and_missing_file(tmp_path: Path) -> None:

@@ -106,6 +106,34 @@ def test_bad_json_names_the_row(tmp_path: Path) -> None:
         load(path)
 
 
+def test_json_errors_name_the_line_and_an_empty_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text("[\n" + json.dumps(UNIFIED) + ",\n{\"id\": 2,\n]\n")
+    with pytest.raises(DataError) as caught:
+        load(broken)
+    assert str(caught.value) == f"{broken}: invalid JSON at line 4 column 1: Expecting property name enclosed in double quotes"
+    assert caught.value.row is None  # a text line of a .json list is not a row
+    blank = tmp_path / "blank.json"
+    blank.write_text("   \n\n  \n")
+    with pytest.raises(DataError, match=r"blank.json: empty file; expected a JSON list of records$"):
+        load(blank)
+    empty_lines = tmp_path / "empty.jsonl"
+    empty_lines.write_text("\n\n")
+    with pytest.raises(DataError, match=r"empty.jsonl: no records: the file is empty$"):
+        load(empty_lines)
+
+
+def test_no_second_row_number_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A row that breaks the file's schema (chosen a list, not a mapping) is reported once, with our 1-based row;
+    nothing else (the datasets library used to log its own 0-based row and an Arrow cast error first)."""
+    rows = [UNIFIED, dict(UNIFIED, id="a2"), dict(UNIFIED, id="a3", chosen=["just text"])]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    with caplog.at_level("DEBUG"), pytest.raises(DataError) as caught:
+        load(path)
+    assert (caught.value.row, caught.value.field_name) == (3, "chosen")
+    assert [r.getMessage() for r in caplog.records if "row" in r.getMessage()] == []
+
+
 def test_skip_bad_rows_counts_and_keeps_the_good_ones(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     rows = [UNIFIED, "{not json", dict(UNIFIED, id="a3", chosen={"en": ""}), dict(UNIFIED, id="a4")]
     path = write_jsonl(tmp_path / "mixed.jsonl", rows)
