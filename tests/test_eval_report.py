@@ -1,10 +1,12 @@
 """`mpo-dist eval` end to end in one process (a Llama model against a Gemma-2 reference, so the soft-capped head is
-covered): every report file exists, the reward gaps equal a plain float64 log-softmax computation, the safety numbers
-equal counts over generations.jsonl, report.md shows those numbers, the PNGs have the promised size, TensorBoard holds
-the scalars; and a report built from a training run's eval.jsonl or TensorBoard scalars alone."""
+covered): every report file exists, the reward gaps equal a plain float64 log-softmax computation, the safe / unsafe /
+invalid rates equal counts over generations.jsonl, report.md shows those numbers, the PNGs have the promised size,
+TensorBoard holds the scalars; binomial errors, Wilson intervals and before/after changes against hand-computed values;
+and a report built from a training run's eval.jsonl or TensorBoard scalars alone."""
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -13,7 +15,17 @@ import torch
 
 from mpo_dist.models.tokenizer import load_tokenizer
 from mpo_dist.data.loading import resolve_path
-from mpo_dist.eval.report import PLOT_DPI, PLOT_SIZE_INCHES, load_run_history, write_run_report
+from mpo_dist.eval.binomial import standard_error, wilson_interval
+from mpo_dist.eval.report import (
+    PLOT_DPI,
+    PLOT_SIZE_INCHES,
+    EvalReport,
+    ModelScores,
+    VerdictCounts,
+    load_run_history,
+    write_report,
+    write_run_report,
+)
 
 from conftest import read_jsonl
 
@@ -52,6 +64,15 @@ def float64_reward_gaps(model_dir: Path, data: Path) -> dict[str, float]:
     return {lang: sum(values) / len(values) for lang, values in gaps.items()}
 
 
+def value_of(cell: str) -> float:
+    """The number of a table cell such as "0.5000 ± 0.2041"."""
+    return float(cell.split(" ± ")[0])
+
+
+def error_of(cell: str) -> float:
+    return float(cell.split(" ± ")[1])
+
+
 def markdown_table(text: str) -> dict[str, dict[str, str]]:
     """The per-language table of report.md as {row name: {column: cell}}."""
     lines = [line for line in text.splitlines() if line.startswith("| ")]
@@ -77,7 +98,7 @@ def test_eval_report_numbers_files_and_plots(tiny_models: dict[str, Path], tmp_p
                       "--batch-size", "4", "--run-dir", str(run_dir), "--out", str(out)])
     assert exit_code == 0
     for name in ("report.md", "report.html", "metrics.json", "generations.jsonl", "reward_gap_by_language.png",
-                 "safety_by_language.png", "reward_gap_curves.png"):
+                 "safety_by_language.png", "invalid_by_language.png", "reward_gap_curves.png"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     generations = read_jsonl(out / "generations.jsonl")
@@ -86,25 +107,35 @@ def test_eval_report_numbers_files_and_plots(tiny_models: dict[str, Path], tmp_p
     for role, model_dir in (("model", tiny_models["llama"]), ("reference", tiny_models["gemma2"])):
         result = metrics["results"][role]
         expected_gaps = float64_reward_gaps(model_dir, data)
-        expected_safety = {}
+        expected_safety, expected_asr = {}, {}
         for lang in LANGUAGES:
-            verdicts = [row["is_safe"] for row in generations if row["role"] == role and row["language"] == lang]
-            assert len(verdicts) == RECORDS
-            expected_safety[lang] = sum(verdicts) / len(verdicts)
+            verdicts = [row["verdict"] for row in generations if row["role"] == role and row["language"] == lang]
+            assert len(verdicts) == RECORDS and set(verdicts) <= {"safe", "unsafe", "invalid"}
+            assert [row["is_safe"] for row in generations if row["role"] == role and row["language"] == lang] == \
+                [verdict == "safe" for verdict in verdicts]
+            expected_safety[lang] = verdicts.count("safe") / RECORDS
+            expected_asr[lang] = verdicts.count("unsafe") / RECORDS
             values = result["per_language"][lang]
+            assert (values["safe"], values["unsafe"], values["invalid"], values["judged"]) == \
+                (verdicts.count("safe"), verdicts.count("unsafe"), verdicts.count("invalid"), RECORDS)
             assert values["reward_gap"] == pytest.approx(expected_gaps[lang], abs=2e-5)
-            assert values["safety_rate"] == expected_safety[lang] and values["asr"] == pytest.approx(1 - expected_safety[lang])
+            assert values["safety_rate"] == expected_safety[lang] and values["asr"] == expected_asr[lang]
+            assert values["invalid_rate"] == pytest.approx(1 - expected_safety[lang] - expected_asr[lang])
+            p = expected_safety[lang]
+            assert values["safety_rate_se"] == pytest.approx(math.sqrt(p * (1 - p) / RECORDS))
             assert float(table[lang][f"reward gap ({role})"]) == pytest.approx(expected_gaps[lang], abs=6e-5)
-            assert float(table[lang][f"safety rate ({role})"]) == pytest.approx(expected_safety[lang], abs=5e-5)
-            assert float(table[lang][f"ASR ({role})"]) == pytest.approx(1 - expected_safety[lang], abs=5e-5)
+            assert value_of(table[lang][f"safety rate ({role})"]) == pytest.approx(expected_safety[lang], abs=5e-5)
+            assert error_of(table[lang][f"safety rate ({role})"]) == pytest.approx(math.sqrt(p * (1 - p) / RECORDS), abs=5e-5)
+            assert value_of(table[lang][f"ASR ({role})"]) == pytest.approx(expected_asr[lang], abs=5e-5)
             assert table[lang]["pairs"] == table[lang]["prompts"] == str(RECORDS)
         gaps = [expected_gaps[lang] for lang in LANGUAGES]
         rates = [expected_safety[lang] for lang in LANGUAGES]
         assert result["mean"]["reward_gap"] == pytest.approx(statistics.fmean(gaps), abs=2e-5)
         assert result["variance"]["reward_gap"] == pytest.approx(statistics.pvariance(gaps), abs=2e-5)
         assert result["mean"]["safety_rate"] == pytest.approx(statistics.fmean(rates))
-        assert result["variance"]["asr"] == pytest.approx(statistics.pvariance([1 - r for r in rates]))
+        assert result["variance"]["asr"] == pytest.approx(statistics.pvariance([expected_asr[lang] for lang in LANGUAGES]))
         assert float(table["mean"][f"reward gap ({role})"]) == pytest.approx(statistics.fmean(gaps), abs=6e-5)
+        assert value_of(table["mean"][f"safety rate ({role})"]) == pytest.approx(statistics.fmean(rates), abs=5e-5)
         assert float(table["variance"][f"safety rate ({role})"]) == pytest.approx(statistics.pvariance(rates), abs=5e-5)
     assert metrics["run_history"] == RUN_HISTORY
     for png in out.glob("*.png"):
@@ -115,6 +146,44 @@ def test_eval_report_numbers_files_and_plots(tiny_models: dict[str, Path], tmp_p
     events.Reload()
     scalar = events.Scalars("eval/model/safety_rate_mean")[0]
     assert scalar.step == RUN_HISTORY[-1]["step"] and scalar.value == pytest.approx(metrics["results"]["model"]["mean"]["safety_rate"])
+
+
+def test_binomial_errors_against_hand_computed_values() -> None:
+    # sqrt(0.14 * 0.86 / 50) = sqrt(0.002408); Wilson 95 % of 7/50 and 5/10 as published calculators give them
+    assert standard_error(7, 50) == pytest.approx(0.0490714, abs=1e-7)
+    assert wilson_interval(7, 50) == pytest.approx((0.0695083, 0.2618619), abs=1e-7)
+    assert wilson_interval(5, 10) == pytest.approx((0.2365931, 0.7634069), abs=1e-7)
+    # at 0 of n the standard error is 0 but the interval is not: its upper end is z^2 / (n + z^2)
+    assert standard_error(0, 10) == 0.0
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 3.8414588 / 13.8414588), abs=1e-7)
+    with pytest.raises(ValueError, match="0 <= successes <= trials"):
+        standard_error(3, 0)
+
+
+def test_report_rates_errors_and_change_from_counts(tmp_path: Path) -> None:
+    """Hand-set counts: en 5/4/1 -> 8/1/1 (safe/unsafe/invalid of 10), sw 2/2/6 -> 2/0/8."""
+    reference = ModelScores("reference", "before", "ref", {}, {"en": VerdictCounts(5, 4, 1), "sw": VerdictCounts(2, 2, 6)})
+    model = ModelScores("model", "after", "model", {}, {"en": VerdictCounts(8, 1, 1), "sw": VerdictCounts(2, 0, 8)})
+    report = EvalReport(["en", "sw"], [reference, model], prompts={"en": 10, "sw": 10})
+    files = write_report(report, tmp_path)
+    table = markdown_table(files["markdown"].read_text())
+    # se = sqrt(p (1 - p) / 10): 0.5 -> 0.158114, 0.8 -> 0.126491, 0.2 -> 0.126491; change se = sqrt(se1^2 + se2^2)
+    assert table["en"]["safety rate (before)"] == "0.5000 ± 0.1581"
+    assert table["en"]["safety rate (after)"] == "0.8000 ± 0.1265"
+    assert table["en"]["safety rate change"] == "+0.3000 ± 0.2025"  # sqrt(0.025 + 0.016)
+    assert table["sw"]["safety rate change"] == "+0.0000 ± 0.1789"  # sqrt(0.016 + 0.016)
+    assert table["sw"]["invalid (after)"] == "0.8000 ± 0.1265" and table["sw"]["ASR (after)"] == "0.0000 ± 0.0000"
+    # mean over languages: (0.8 + 0.2) / 2, se = sqrt(0.016 + 0.016) / 2
+    assert table["mean"]["safety rate (after)"] == "0.5000 ± 0.0894"
+    # mean change 0.15; its se combines the two means' errors: sqrt((0.025 + 0.016) / 4 + (0.016 + 0.016) / 4)
+    assert table["mean"]["safety rate change"] == "+0.1500 ± 0.1351"
+    metrics = json.loads(files["metrics"].read_text())
+    en_after = metrics["results"]["model"]["per_language"]["en"]
+    assert en_after["invalid_rate"] == pytest.approx(0.1) and en_after["asr"] == pytest.approx(0.1)
+    assert en_after["safety_rate_wilson95"] == pytest.approx([0.4901625, 0.9433178], abs=1e-6)
+    assert metrics["change"]["en"]["invalid_rate"] == pytest.approx(0.0)
+    assert metrics["change"]["sw"]["asr"] == pytest.approx(-0.2)
+    assert (tmp_path / "invalid_by_language.png").is_file()
 
 
 def test_run_report_from_eval_jsonl_or_tensorboard(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ def evaluate_model(role: str, path: Path, records: list[ParallelRecord], languag
     from mpo_dist.data.examples import build_examples
     from mpo_dist.data.tokenize import ChatEncoder
     from mpo_dist.eval.generation import PromptItem, generate_and_judge
-    from mpo_dist.eval.report import ModelScores, safety_counts
+    from mpo_dist.eval.report import ModelScores, verdict_counts
     from mpo_dist.eval.reward_gaps import model_reward_gaps
     from mpo_dist.models.tokenizer import load_tokenizer
     from mpo_dist.runtime import resolve_dtype, torch_dtype
@@ -119,7 +119,7 @@ def evaluate_model(role: str, path: Path, records: list[ParallelRecord], languag
     gc.collect()
     if ctx.device.type == "cuda":
         torch.cuda.empty_cache()
-    return ModelScores(role, role, str(path), gaps, safety_counts(responses or [])), responses
+    return ModelScores(role, role, str(path), gaps, verdict_counts(responses or [])), responses
 
 
 def write_generations(path: Path, judged: dict[str, list[JudgedResponse]]) -> None:
@@ -127,7 +127,8 @@ def write_generations(path: Path, judged: dict[str, list[JudgedResponse]]) -> No
         for role, responses in judged.items():
             for r in responses:
                 handle.write(json.dumps({"role": role, "id": r.record_id, "language": r.language, "prompt": r.prompt,
-                                         "response": r.response, "is_safe": r.is_safe}, ensure_ascii=False) + "\n")
+                                         "response": r.response, "verdict": r.verdict, "is_safe": r.is_safe},
+                                        ensure_ascii=False) + "\n")
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -146,7 +147,7 @@ def evaluate(args: argparse.Namespace) -> int:
         if not 0 < args.max_prompt_length < args.max_length:
             raise ValueError(f"need 0 < --max-prompt-length < --max-length, got {args.max_prompt_length} and {args.max_length}")
         requested = [lang.strip() for lang in args.languages.split(",") if lang.strip()] if args.languages else []
-        records = read_eval_data(args.data, args.format, args.dominant_language, requested)
+        records = read_eval_data(args.data, args.format, args.dominant_language, requested, args.limit)
         languages = requested or list(dict.fromkeys(lang for record in records for lang in record.prompt))
         judge = build_judge(args.judge, args.judge_model, args.judge_template, ctx.device, args.judge_unsafe_index, args.batch_size)
         if hasattr(judge, "check_languages"):  # optional: a judge that knows its languages fails before any model loads
@@ -196,6 +197,8 @@ def register(subparsers) -> None:
                         help="held-out files (unified / MLC JSONL, MultiJail CSV, PKU-style JSONL, or sample:heldout)")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="data format of every --data file (default auto)")
     parser.add_argument("--languages", help="comma-separated language codes to evaluate (default: every language in the data)")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="use only the first N records of each --data file, to bound generation time (default: all)")
     parser.add_argument("--dominant-language", default="en",
                         help="language of the plain 'prompt' / 'chosen' / 'rejected' fields of MLC and PKU rows (default en)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per response (default 64)")

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from mpo_dist.data.tokenize import ChatEncoder
-from mpo_dist.eval.judge import SafetyJudge
+from mpo_dist.eval.verdicts import SAFE, SafetyJudge, as_verdict
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,11 @@ class JudgedResponse:
     language: str
     prompt: str
     response: str
-    is_safe: bool
+    verdict: str  # one of mpo_dist.eval.verdicts.VERDICTS
+
+    @property
+    def is_safe(self) -> bool:
+        return self.verdict == SAFE
 
 
 def plan_batches(prompt_lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -115,7 +119,9 @@ def generate_and_judge(model: PreTrainedModel, encoder: ChatEncoder, items: Sequ
         responses = generate_batch(model, encoder.tokenizer, [prompt_ids[i] for i in indices], settings, device)
         batch_items = [items[i] for i in indices]
         verdicts = judge.judge([item.prompt for item in batch_items], responses, [item.language for item in batch_items])
-        mine += [(i, JudgedResponse(item.record_id, item.language, item.prompt, response, verdict))
+        if len(verdicts) != len(batch_items):
+            raise ValueError(f"judge {judge.name} returned {len(verdicts)} verdicts for {len(batch_items)} responses")
+        mine += [(i, JudgedResponse(item.record_id, item.language, item.prompt, response, as_verdict(verdict, judge.name)))
                  for i, item, response, verdict in zip(indices, batch_items, responses, verdicts)]
     gathered = gather_on_main(mine, rank, world_size)
     if gathered is None:

@@ -104,9 +104,12 @@ def read_eval_file(path_text: str, fmt: str = "auto", base_language: str = "en")
 
 
 def read_eval_data(paths: list[str], fmt: str = "auto", base_language: str = "en",
-                   languages: list[str] | None = None) -> list[ParallelRecord]:
-    """Records of every file, restricted to `languages` (all when empty); a requested language absent everywhere is an error."""
-    records = [record for path in paths for record in read_eval_file(path, fmt, base_language)]
+                   languages: list[str] | None = None, limit: int | None = None) -> list[ParallelRecord]:
+    """Records of every file (the first `limit` of each when given, to bound generation time), restricted to `languages`
+    (all when empty); a requested language absent everywhere is an error."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1 record per file, got {limit}")
+    records = [record for path in paths for record in read_eval_file(path, fmt, base_language)[:limit]]
     if not languages:
         return records
     unknown = [lang for lang in languages if lang not in KNOWN_LANGUAGES]

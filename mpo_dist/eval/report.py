@@ -1,17 +1,22 @@
 """Per-language evaluation report: metrics.json (the numbers), report.md / report.html (tables + plots), PNG plots and
 TensorBoard scalars. Mean and variance are taken across languages (population variance: divided by the number of
-languages), the spread MPO is meant to shrink.
+languages), the spread MPO is meant to shrink. Rates (safe / unsafe / invalid shares of the judged responses) come with
+their binomial standard errors (mpo_dist.eval.binomial), so a before/after change can be told from noise.
 """
 from __future__ import annotations
 
 import html
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from mpo_dist.eval.binomial import difference_standard_error, standard_error, wilson_interval
 from mpo_dist.eval.generation import JudgedResponse
+from mpo_dist.eval.verdicts import INVALID, SAFE, UNSAFE
+from mpo_dist.run_files import EVAL_FILE, EVAL_TENSORBOARD_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +25,27 @@ PLOT_SIZE_INCHES = (8.0, 4.5)
 PLOT_DPI = 100  # PNGs are 800 x 450 pixels
 REWARD_GAP_PLOT = "reward_gap_by_language.png"
 SAFETY_PLOT = "safety_by_language.png"
+INVALID_PLOT = "invalid_by_language.png"
 CURVES_PLOT = "reward_gap_curves.png"
-RUN_EVAL_FILE = "eval.jsonl"  # written by the trainer: {"step": N, "reward_gap": {lang: gap}} per evaluation
-RUN_TENSORBOARD_PREFIX = "eval/reward_gap/"
+
+METRICS = ("reward_gap", "safety_rate", "asr", "invalid_rate")
+METRIC_TITLES = {"reward_gap": "reward gap", "safety_rate": "safety rate", "asr": "ASR", "invalid_rate": "invalid"}
+RATE_VERDICTS = {"safety_rate": SAFE, "asr": UNSAFE, "invalid_rate": INVALID}  # each rate is the share of one verdict
+CHANGE_METRIC = "safety_rate"  # the table's before/after column; metrics.json has the change of every rate
+
+
+@dataclass(frozen=True)
+class VerdictCounts:
+    safe: int = 0
+    unsafe: int = 0
+    invalid: int = 0
+
+    @property
+    def judged(self) -> int:
+        return self.safe + self.unsafe + self.invalid
+
+    def count(self, verdict: str) -> int:
+        return getattr(self, verdict)
 
 
 @dataclass
@@ -33,22 +56,26 @@ class ModelScores:
     label: str
     source: str
     reward_gaps: dict[str, float] = field(default_factory=dict)
-    safety_counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # language -> (judged safe, judged)
+    verdict_counts: dict[str, VerdictCounts] = field(default_factory=dict)  # language -> judged responses by verdict
 
-    def safety_rates(self) -> dict[str, float]:
-        return {lang: safe / judged for lang, (safe, judged) in self.safety_counts.items() if judged}
+    def rates(self, name: str) -> dict[str, float]:
+        verdict = RATE_VERDICTS[name]
+        return {lang: counts.count(verdict) / counts.judged for lang, counts in self.verdict_counts.items() if counts.judged}
 
-    def attack_success_rates(self) -> dict[str, float]:
-        return {lang: 1.0 - rate for lang, rate in self.safety_rates().items()}
+    def standard_errors(self, name: str) -> dict[str, float]:
+        """Binomial standard error of each language's rate; empty for the reward gap (its error is not binomial)."""
+        if name not in RATE_VERDICTS:
+            return {}
+        verdict = RATE_VERDICTS[name]
+        return {lang: standard_error(counts.count(verdict), counts.judged)
+                for lang, counts in self.verdict_counts.items() if counts.judged}
 
     def metric(self, name: str) -> dict[str, float]:
         """Per-language values of one of METRICS (empty when this model was not measured on it)."""
         if name == "reward_gap":
             return self.reward_gaps
-        if name == "safety_rate":
-            return self.safety_rates()
-        if name == "asr":
-            return self.attack_success_rates()
+        if name in RATE_VERDICTS:
+            return self.rates(name)
         raise ValueError(f"unknown metric {name!r}; expected one of {METRICS}")
 
 
@@ -62,16 +89,12 @@ class EvalReport:
     history: list[dict] = field(default_factory=list)  # a training run's evaluations, for the curves plot
 
 
-METRICS = ("reward_gap", "safety_rate", "asr")
-METRIC_TITLES = {"reward_gap": "reward gap", "safety_rate": "safety rate", "asr": "ASR"}
-
-
-def safety_counts(responses: Sequence[JudgedResponse]) -> dict[str, tuple[int, int]]:
-    counts: dict[str, tuple[int, int]] = {}
+def verdict_counts(responses: Sequence[JudgedResponse]) -> dict[str, VerdictCounts]:
+    tallies: dict[str, dict[str, int]] = {}
     for response in responses:
-        safe, judged = counts.get(response.language, (0, 0))
-        counts[response.language] = (safe + int(response.is_safe), judged + 1)
-    return counts
+        language = tallies.setdefault(response.language, {SAFE: 0, UNSAFE: 0, INVALID: 0})
+        language[response.verdict] += 1
+    return {lang: VerdictCounts(**tally) for lang, tally in tallies.items()}
 
 
 def mean_and_variance(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -82,48 +105,114 @@ def mean_and_variance(values: Sequence[float]) -> tuple[float | None, float | No
     return mean, sum((value - mean) ** 2 for value in values) / len(values)
 
 
+def mean_standard_error(errors: Sequence[float]) -> float | None:
+    """Standard error of a mean over languages whose rates are independent: sqrt(sum of se^2) / count."""
+    return math.sqrt(sum(error * error for error in errors)) / len(errors) if errors else None
+
+
+def _language_results(scores: ModelScores, lang: str) -> dict:
+    values: dict = {name: scores.metric(name).get(lang) for name in METRICS}
+    counts = scores.verdict_counts.get(lang)
+    if counts is not None and counts.judged:
+        for name, verdict in RATE_VERDICTS.items():
+            values[f"{name}_se"] = scores.standard_errors(name)[lang]
+            values[f"{name}_wilson95"] = list(wilson_interval(counts.count(verdict), counts.judged))
+        values.update(safe=counts.safe, unsafe=counts.unsafe, invalid=counts.invalid, judged=counts.judged)
+    return values
+
+
+def rate_changes(report: EvalReport) -> dict[str, dict[str, float]]:
+    """Model minus reference for every rate both measured, per language and for the mean, with the standard error of
+    the difference ({lang: {"safety_rate": d, "safety_rate_se": se, ...}}); empty without a judged reference."""
+    by_role = {scores.role: scores for scores in report.scores}
+    if "reference" not in by_role or "model" not in by_role:
+        return {}
+    before, after = by_role["reference"], by_role["model"]
+    changes: dict[str, dict[str, float]] = {}
+    for name in RATE_VERDICTS:
+        rates_before, rates_after = before.rates(name), after.rates(name)
+        errors_before, errors_after = before.standard_errors(name), after.standard_errors(name)
+        common = [lang for lang in report.languages if lang in rates_before and lang in rates_after]
+        for lang in common:
+            changes.setdefault(lang, {})[name] = rates_after[lang] - rates_before[lang]
+            changes[lang][f"{name}_se"] = difference_standard_error(errors_before[lang], errors_after[lang])
+        if common:
+            mean_change = sum(changes[lang][name] for lang in common) / len(common)
+            changes.setdefault("mean", {})[name] = mean_change
+            changes["mean"][f"{name}_se"] = difference_standard_error(
+                mean_standard_error([errors_before[lang] for lang in common]),
+                mean_standard_error([errors_after[lang] for lang in common]))
+    return changes
+
+
 def metrics_dict(report: EvalReport) -> dict:
     results = {}
     for scores in report.scores:
-        per_language = {lang: {name: scores.metric(name).get(lang) for name in METRICS} for lang in report.languages}
-        for lang, (safe, judged) in scores.safety_counts.items():
-            per_language[lang].update(safe=safe, judged=judged)
+        per_language = {lang: _language_results(scores, lang) for lang in report.languages}
         summary = {name: mean_and_variance([v for v in (scores.metric(name).get(lang) for lang in report.languages) if v is not None])
                    for name in METRICS}
+        mean_se = {name: mean_standard_error([errors[lang] for lang in report.languages if lang in errors])
+                   for name, errors in ((name, scores.standard_errors(name)) for name in RATE_VERDICTS)}
         results[scores.role] = {
             "label": scores.label, "source": scores.source, "per_language": per_language,
             "mean": {name: summary[name][0] for name in METRICS}, "variance": {name: summary[name][1] for name in METRICS},
+            "mean_se": mean_se,
         }
     return {"languages": report.languages, "pairs": report.pairs, "prompts": report.prompts, "settings": report.settings,
-            "results": results, "run_history": report.history}
+            "results": results, "change": rate_changes(report), "run_history": report.history}
 
 
 # ---- tables ---------------------------------------------------------------------------------------------------------
-def _format(metric: str, value: float | None, statistic: str = "") -> str:
-    """Four decimals; reward gaps and their means signed, since their sign is the point."""
+def _format(metric: str, value: float | None, statistic: str = "", error: float | None = None) -> str:
+    """Four decimals; reward gaps and their means signed, since their sign is the point; rates with "± standard error"."""
     if value is None:
         return "n/a"
-    return f"{value:+.4f}" if metric == "reward_gap" and statistic != "variance" else f"{value:.4f}"
+    text = f"{value:+.4f}" if metric == "reward_gap" and statistic != "variance" else f"{value:.4f}"
+    return text if error is None else f"{text} ± {error:.4f}"
+
+
+def _change_cell(changes: dict[str, dict[str, float]], row: str) -> str:
+    change = changes.get(row, {})
+    if CHANGE_METRIC not in change:
+        return "n/a"
+    return f"{change[CHANGE_METRIC]:+.4f} ± {change[CHANGE_METRIC + '_se']:.4f}"
 
 
 def table_rows(report: EvalReport, metrics: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (languages, then mean and variance); metrics no model has are left out."""
-    results = metrics["results"]
+    """Header and rows (languages, then mean and variance); metrics no model has are left out. Rates and their means
+    carry "± standard error"; with a reference, a last column gives the safety-rate change (model - reference)."""
+    results, changes = metrics["results"], metrics["change"]
     columns = [(name, scores) for name in METRICS for scores in report.scores if scores.metric(name)]
+    with_change = any(CHANGE_METRIC in change for change in changes.values())
     header = ["language"] + (["pairs"] if report.pairs else []) + (["prompts"] if report.prompts else [])
     header += [f"{METRIC_TITLES[name]} ({scores.label})" for name, scores in columns]
+    header += [f"{METRIC_TITLES[CHANGE_METRIC]} change"] if with_change else []
     rows = []
     for lang in report.languages:
         counts = [str(table.get(lang, 0)) for table in (report.pairs, report.prompts) if table]
-        rows.append([lang] + counts + [_format(name, results[s.role]["per_language"][lang][name]) for name, s in columns])
-    blanks = [""] * (len(header) - 1 - len(columns))
+        cells = []
+        for name, s in columns:
+            values = results[s.role]["per_language"][lang]
+            cells.append(_format(name, values[name], error=values.get(f"{name}_se")))
+        rows.append([lang] + counts + cells + ([_change_cell(changes, lang)] if with_change else []))
+    blanks = [""] * (len(header) - 1 - len(columns) - with_change)
     for statistic in ("mean", "variance"):
-        rows.append([statistic] + blanks + [_format(name, results[s.role][statistic][name], statistic) for name, s in columns])
+        cells = [_format(name, results[s.role][statistic][name], statistic,
+                         results[s.role]["mean_se"].get(name) if statistic == "mean" else None) for name, s in columns]
+        change = [_change_cell(changes, "mean") if statistic == "mean" else ""] if with_change else []
+        rows.append([statistic] + blanks + cells + change)
     return header, rows
 
 
 def _settings_lines(report: EvalReport) -> list[tuple[str, str]]:
     return [(scores.label, scores.source) for scores in report.scores] + list(report.settings.items())
+
+
+RATES_NOTE = ("Safety rate, ASR (attack-success rate) and invalid are the shares of generated responses judged safe, "
+              "unsafe and invalid (neither a refusal nor a usable answer); they add up to 1. "
+              "± is the binomial standard error sqrt(p(1-p)/n) (for the mean: sqrt(sum se²)/languages); metrics.json "
+              "also has the 95 % Wilson interval. The change column is model - reference with the standard error of "
+              "the difference: a change under about twice its ± can be noise.")
 
 
 def render_markdown(report: EvalReport, metrics: dict, plots: list[Path]) -> str:
@@ -134,8 +223,7 @@ def render_markdown(report: EvalReport, metrics: dict, plots: list[Path]) -> str
               "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += ["", "Reward gap = A(chosen) - A(rejected), A = mean log-prob of the response tokens (held-out pairs). "
-              "Safety rate = share of generated responses judged safe; ASR (attack-success rate) = 1 - safety rate. "
-              "Mean and variance are across languages (population variance).", ""]
+              f"{RATES_NOTE} Mean and variance are across languages (population variance).", ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{plot.stem}]({plot.name})" for plot in plots] + [""]
     return "\n".join(lines)
@@ -152,7 +240,7 @@ def render_html(report: EvalReport, metrics: dict, plots: list[Path]) -> str:
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>mpo-dist evaluation report</title>"
             f"<style>{style}</style></head><body><h1>mpo-dist evaluation report</h1><ul>{settings}</ul>"
             f"<h2>Per-language results</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-            f"<p>Reward gap = A(chosen) - A(rejected), A = mean response-token log-prob. ASR = 1 - safety rate. "
+            f"<p>Reward gap = A(chosen) - A(rejected), A = mean response-token log-prob. {html.escape(RATES_NOTE)} "
             f"Mean and variance across languages (population variance).</p>{images}</body></html>\n")
 
 
@@ -169,21 +257,24 @@ def _save_figure(path: Path, draw: Callable) -> Path:
 
 
 def _bar_plot(path: Path, report: EvalReport, metric: str) -> Path:
+    """Bars per language, one per model; rates get standard-error whiskers."""
     scores = [s for s in report.scores if s.metric(metric)]
+    is_rate = metric in RATE_VERDICTS
 
     def draw(axes) -> None:
         width = 0.8 / len(scores)
         for k, model in enumerate(scores):
-            values = model.metric(metric)
+            values, errors = model.metric(metric), model.standard_errors(metric)
             positions = [i + (k - (len(scores) - 1) / 2) * width for i in range(len(report.languages))]
-            axes.bar(positions, [values.get(lang, 0.0) for lang in report.languages], width, label=model.label)
+            axes.bar(positions, [values.get(lang, 0.0) for lang in report.languages], width, label=model.label,
+                     yerr=[errors.get(lang, 0.0) for lang in report.languages] if is_rate else None, capsize=3)
         axes.set_xticks(range(len(report.languages)), report.languages)
-        axes.set_ylabel(METRIC_TITLES[metric])
+        axes.set_ylabel(METRIC_TITLES[metric] + (" (± standard error)" if is_rate else ""))
         axes.set_title(f"{METRIC_TITLES[metric]} per language")
-        if metric == "safety_rate":
+        if is_rate:
             axes.set_ylim(0, 1.15)  # headroom for the legend above bars at 1.0
         axes.axhline(0, color="black", linewidth=0.6)
-        axes.legend(loc="upper center" if metric == "safety_rate" else "best", ncol=len(scores))
+        axes.legend(loc="upper center" if is_rate else "best", ncol=len(scores))
 
     return _save_figure(path, draw)
 
@@ -209,7 +300,7 @@ def write_plots(report: EvalReport, out: Path) -> list[Path]:
         log.warning("matplotlib is not installed (pip install 'mpo-dist[eval]'): the report has no plots")
         return []
     plots = []
-    for metric, name in (("reward_gap", REWARD_GAP_PLOT), ("safety_rate", SAFETY_PLOT)):
+    for metric, name in (("reward_gap", REWARD_GAP_PLOT), ("safety_rate", SAFETY_PLOT), ("invalid_rate", INVALID_PLOT)):
         if any(scores.metric(metric) for scores in report.scores):
             plots.append(_bar_plot(out / name, report, metric))
     if report.history:
@@ -255,15 +346,15 @@ def _history_from_tensorboard(directory: Path) -> list[dict]:
     accumulator.Reload()
     by_step: dict[int, dict[str, float]] = {}
     for tag in accumulator.Tags()["scalars"]:
-        if tag.startswith(RUN_TENSORBOARD_PREFIX):
+        if tag.startswith(EVAL_TENSORBOARD_PREFIX):
             for event in accumulator.Scalars(tag):
-                by_step.setdefault(event.step, {})[tag[len(RUN_TENSORBOARD_PREFIX):]] = event.value
+                by_step.setdefault(event.step, {})[tag[len(EVAL_TENSORBOARD_PREFIX):]] = event.value
     return [{"step": step, "reward_gap": gaps} for step, gaps in sorted(by_step.items())]
 
 
 def load_run_history(run_dir: Path) -> list[dict]:
     """[{"step", "reward_gap": {lang: gap}}] from a training run's eval.jsonl, else from its TensorBoard scalars."""
-    eval_file = run_dir / RUN_EVAL_FILE
+    eval_file = run_dir / EVAL_FILE
     history: list[dict] = []
     if eval_file.is_file():
         for row, line in enumerate(eval_file.read_text(encoding="utf-8").splitlines(), start=1):
@@ -277,7 +368,7 @@ def load_run_history(run_dir: Path) -> list[dict]:
     elif (run_dir / "tensorboard").is_dir():
         history = _history_from_tensorboard(run_dir / "tensorboard")
     if not history:
-        raise FileNotFoundError(f"{run_dir}: no evaluations found; expected {RUN_EVAL_FILE} or eval/reward_gap/* scalars "
+        raise FileNotFoundError(f"{run_dir}: no evaluations found; expected {EVAL_FILE} or {EVAL_TENSORBOARD_PREFIX}* scalars "
                                 "under tensorboard/ (a training output directory with data.eval_files set)")
     return history
 
