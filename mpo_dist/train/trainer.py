@@ -36,6 +36,7 @@ from mpo_dist.engine.universal import is_universal
 from mpo_dist.losses import build_loss
 from mpo_dist.losses.base import LossOutput
 from mpo_dist.losses.mlc import mlc_applies
+from mpo_dist.run_files import EVAL_FILE, EVAL_TENSORBOARD_PREFIX
 from mpo_dist.runtime import seed_everything, torch_dtype
 from mpo_dist.train.build import model_options, reference_engine
 from mpo_dist.train.checkpoint import CheckpointManager, resolve_resume
@@ -48,7 +49,6 @@ from mpo_dist.train.step import ReferencePlan, head_live_fraction, preference_in
 log = logging.getLogger("mpo_dist")
 
 SAMPLES_FILE = "samples.jsonl"
-EVAL_FILE = "eval.jsonl"
 
 
 @dataclass
@@ -173,7 +173,7 @@ class Trainer:
         gaps = reward_gaps(self.policy.evaluate, self.eval_examples, self.collator, rank=self.ctx.rank,
                            world_size=self.ctx.world_size, batch_size=self.config.train.micro_batch_size, device=self.ctx.device)
         record = {"step": step, "reward_gap": gaps}
-        logger.scalars(step, gaps, prefix="eval/reward_gap/")
+        logger.scalars(step, gaps, prefix=EVAL_TENSORBOARD_PREFIX)
         if self.ctx.is_main:
             with open(self.output_dir / EVAL_FILE, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
