@@ -52,7 +52,7 @@ def test_empty_input():
     (torch.zeros(3), torch.tensor([0, -2, 1]), 2, "must lie in"),
     (torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long), 2, "1-D"),
     (torch.zeros(3), torch.zeros(4, dtype=torch.long), 2, "1-D"),
-    (torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.long), 2, "float32"),
+    (torch.zeros(3, dtype=torch.bfloat16), torch.zeros(3, dtype=torch.long), 2, "float32 or float64"),
     (torch.zeros(3), torch.zeros(3, dtype=torch.int32), 2, "int64"),
 ])
 def test_bad_input_is_rejected_clearly(values, ids, num_segments, message):

@@ -13,12 +13,13 @@ from torch import Tensor
 
 
 def segment_sums(values: Tensor, segment_ids: Tensor, num_segments: int) -> tuple[Tensor, Tensor]:
-    """(sums [num_segments] float32, counts [num_segments] float32); differentiable w.r.t. `values`."""
+    """(sums [num_segments], counts [num_segments]) in the dtype of `values` (float32, or float64 for a reference
+    computation); differentiable w.r.t. `values`."""
     if values.dim() != 1 or segment_ids.shape != values.shape:
         raise ValueError(f"values and segment_ids must both be 1-D of the same length (flatten [B, T] first); "
                          f"got {tuple(values.shape)} and {tuple(segment_ids.shape)}")
-    if values.dtype != torch.float32:
-        raise TypeError(f"values must be float32, got {values.dtype}")
+    if values.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"values must be float32 or float64, got {values.dtype}")
     if segment_ids.dtype != torch.int64:
         raise TypeError(f"segment_ids must be int64, got {segment_ids.dtype}")
     if num_segments < 0:
@@ -28,6 +29,6 @@ def segment_sums(values: Tensor, segment_ids: Tensor, num_segments: int) -> tupl
         if lowest < -1 or highest >= num_segments:
             raise ValueError(f"segment_ids must lie in [-1, {num_segments - 1}] (-1 = no segment), "
                              f"got range [{lowest}, {highest}]")
-    one_hot = (segment_ids[None, :] == torch.arange(num_segments, device=values.device)[:, None]).float()
+    one_hot = (segment_ids[None, :] == torch.arange(num_segments, device=values.device)[:, None]).to(values.dtype)
     sums_and_counts = one_hot @ torch.stack([values, torch.ones_like(values)], dim=1)
     return sums_and_counts[:, 0], sums_and_counts[:, 1]
