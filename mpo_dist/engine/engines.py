@@ -152,7 +152,16 @@ class PolicyEngine:
         return float(norm) if norm is not None else float("nan")
 
     def save(self, directory: Path, tag: str, client_state: dict) -> None:
-        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+        """Collective. If this rank's write fails (a full disk), it still takes part in the collectives DeepSpeed runs
+        after the writes (ZeRO-3 re-gathers its persistent parameters, then a barrier) before re-raising, so ranks
+        whose writes succeeded are not left waiting and all can agree on the failure (train/checkpoint.py)."""
+        try:
+            self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+        except (OSError, RuntimeError):
+            if self.engine._optimizer_has_ckpt_event_epilogue():
+                self.engine.optimizer.checkpoint_event_epilogue()
+            barrier()
+            raise
 
     def load(self, directory: Path, tag: str) -> dict:
         """Restore weights, optimizer and schedule. ZeRO shards only fit the world size that wrote them; a universal

@@ -175,15 +175,15 @@ class CheckpointManager:
         barrier()
         failure, records = self._write_rank_files(engine, tag_dir, client_state)
         reports = _gather((failure, records))
-        failures = [f"rank {rank}: {failure}" for rank, (failure, _) in enumerate(reports) if failure]
+        failures = {rank: failure for rank, (failure, _) in enumerate(reports) if failure}
         if not failures and self.rank == 0:
             merged = {name: record for _, rank_records in reports for name, record in rank_records.items()}
             try:
                 write_marker(tag_dir, step, merged)
                 write_atomically(self.root / LATEST_FILE, tag)
             except OSError as error:
-                failures.append(f"rank 0: {_storage_failure(error)}")
-        failures = [f for rank_failures in _gather(failures) for f in rank_failures]
+                failures[0] = _storage_failure(error)
+        failures = _gather(failures)[0]  # rank 0's view, which has every rank's
         if failures:
             self._discard(tag_dir, failures)
         if self.rank == 0:
@@ -196,17 +196,15 @@ class CheckpointManager:
         """This rank's part of a save: DeepSpeed's files, its RNG state, and the size + checksum of each file it wrote."""
         try:
             engine.save(self.root, tag_dir.name, client_state)
-        except (OSError, RuntimeError) as error:
-            failure = _storage_failure(error)
-            barrier()  # the ranks whose writes succeeded wait in DeepSpeed's closing barrier of the save: meet them there
-            return failure, {}
+        except (OSError, RuntimeError) as error:  # engine.save finished its collectives with the other ranks
+            return _storage_failure(error), {}
         try:
             torch.save(rng_state(), tag_dir / f"rng_rank{self.rank}.pt")
             return None, record_files(tag_dir, [n for n in tag_files(tag_dir) if owner_rank(n) == self.rank])
         except (OSError, RuntimeError) as error:
             return _storage_failure(error), {}
 
-    def _discard(self, tag_dir: Path, failures: list[str]) -> None:
+    def _discard(self, tag_dir: Path, failures: dict[int, str]) -> None:
         if self.rank == 0:
             shutil.rmtree(tag_dir, ignore_errors=True)  # frees the space; without its marker it never counted
         barrier()
@@ -215,7 +213,11 @@ class CheckpointManager:
         space = f"{_gib(shutil.disk_usage(self.root).free)} free there now"
         if previous is not None:
             space += f", the previous checkpoint takes {_gib(sum(p.stat().st_size for p in previous.rglob('*') if p.is_file()))}"
-        raise CheckpointError(f"could not write checkpoint {tag_dir} ({'; '.join(failures)}); {space}. The partial save "
+        by_reason: dict[str, list[str]] = {}
+        for rank, reason in sorted(failures.items()):
+            by_reason.setdefault(reason, []).append(str(rank))
+        reasons = "; ".join(f"rank{'s' * (len(r) > 1)} {', '.join(r)}: {reason}" for reason, r in by_reason.items())
+        raise CheckpointError(f"could not write checkpoint {tag_dir} ({reasons}); {space}. The partial save "
                               f"was removed and {previous.name if previous else 'no earlier checkpoint'} stays the newest "
                               "(`latest`). Free space (or set train.output_dir on a larger file system) and resume with "
                               "--resume auto")
