@@ -1,17 +1,19 @@
-"""Tokenisation, label masks, truncation, batching and the resumable sampler."""
+"""Tokenisation, label masks, truncation (the template's frame kept whole: the sample tokenizer, a Llama-3-style and a
+ChatML template on hand-built word-level tokenizers), batching and the resumable sampler."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from mpo_dist.data.collate import IGNORE_INDEX, PreferenceCollator
 from mpo_dist.data.examples import build_examples
 from mpo_dist.data.sampler import ResumableDistributedSampler
 from mpo_dist.data.schema import DataError, ParallelRecord
 from mpo_dist.data.tokenize import ChatEncoder
+from mpo_dist.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +54,92 @@ def test_truncation_policy(tokenizer) -> None:
     long_prompt = " ".join(["please tell me how to do this bad thing"] * 5)
     long_response = " ".join(["I will not help with that request"] * 5)
     sequence = encoder.encode(long_prompt, long_response)
-    full_prompt = tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": long_prompt}], tokenize=False,
-                                                          add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    head = [tokenizer.bos_token_id] + tokenizer.convert_tokens_to_ids(["<|user|>"])
+    tail = tokenizer.convert_tokens_to_ids(["<|end|>"]) + tokenizer("\n", add_special_tokens=False)["input_ids"] + \
+        tokenizer.convert_tokens_to_ids(["<|assistant|>"])
     assert sequence.prompt_length == 10
-    assert list(sequence.input_ids[:10]) == full_prompt[-10:]  # the prompt keeps its end (and the assistant header)
+    prompt = list(sequence.input_ids[:10])
+    assert prompt[:len(head)] == head  # BOS and the user header survive
+    assert tokenizer.decode(prompt).rstrip().endswith("thing<|end|>\n<|assistant|>")  # the question's end, then the frame
     assert len(sequence.input_ids) == 24 and sequence.response_length == 14  # the response keeps its start
     assert tokenizer.decode(sequence.input_ids[10:]).startswith("I will not help")
+
+
+# Word-level tokenizers built here (no hub): one token per word or special token, so the expected ids can be written out.
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+WORDS = [f"w{i}" for i in range(60)] + ["system", "user", "assistant", "Be", "brief"]
+SYSTEM = "Be brief"
+
+
+def word_level_tokenizer(special: list[str], template: str, bos: str | None) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {token: index for index, token in enumerate(["[UNK]", *special, *WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", bos_token=bos,
+                                        additional_special_tokens=[token for token in special if token != bos])
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def llama3_tokenizer() -> PreTrainedTokenizerFast:
+    return word_level_tokenizer(["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+                                LLAMA3_TEMPLATE, bos="<|begin_of_text|>")
+
+
+def chatml_tokenizer() -> PreTrainedTokenizerFast:
+    return word_level_tokenizer(["<|im_start|>", "<|im_end|>"], CHATML_TEMPLATE, bos=None)
+
+
+LONG_PROMPT = " ".join(f"w{i}" for i in range(40))  # 40 tokens of user text
+
+
+@pytest.mark.parametrize("make_tokenizer, head, tail", [
+    (llama3_tokenizer,
+     ["<|begin_of_text|>", "<|start_header_id|>", "system", "<|end_header_id|>", "Be", "brief", "<|eot_id|>",
+      "<|start_header_id|>", "user", "<|end_header_id|>"],
+     ["<|eot_id|>", "<|start_header_id|>", "assistant", "<|end_header_id|>"]),
+    (chatml_tokenizer,
+     ["<|im_start|>", "system", "Be", "brief", "<|im_end|>", "<|im_start|>", "user"],
+     ["<|im_end|>", "<|im_start|>", "assistant"]),
+])
+def test_truncation_keeps_the_template_frame(make_tokenizer, head: list[str], tail: list[str]) -> None:
+    tokenizer = make_tokenizer()
+    encoder = ChatEncoder(tokenizer, max_length=40, max_prompt_length=20, system_prompt=SYSTEM)
+    room = 20 - len(head) - len(tail)
+    expected = head + [f"w{i}" for i in range(40 - room, 40)] + tail  # the frame whole, the user's text keeps its end
+    assert tokenizer.convert_ids_to_tokens(encoder.prompt_ids(LONG_PROMPT)) == expected
+    sequence = encoder.encode(LONG_PROMPT, "w1 w2 w3 " * 10)
+    assert sequence.prompt_length == 20 and len(sequence.input_ids) == 40
+    assert tokenizer.convert_ids_to_tokens(list(sequence.input_ids[:20])) == expected
+    # a prompt that fits is the plain rendering, untouched
+    short = ChatEncoder(tokenizer, max_length=40, max_prompt_length=20, system_prompt=SYSTEM).prompt_ids("w7 w8")
+    assert tokenizer.convert_ids_to_tokens(short) == head + ["w7", "w8"] + tail
+
+
+def test_a_frame_longer_than_the_limit_is_a_user_error() -> None:
+    encoder = ChatEncoder(llama3_tokenizer(), max_length=40, max_prompt_length=14, system_prompt=SYSTEM)  # frame: 14
+    assert encoder.prompt_ids("") and len(encoder.prompt_ids("")) == 14
+    with pytest.raises(UserError, match=r"max_prompt_length 14 .* frame .* alone takes 14 tokens"):
+        encoder.prompt_ids("w1 w2")
+
+
+def test_a_template_that_rewrites_the_message_cannot_be_truncated_inside() -> None:
+    tokenizer = chatml_tokenizer()
+    tokenizer.chat_template = CHATML_TEMPLATE.replace("{{ message['content'] }}", "{{ message['content'] | lower }}")
+    encoder = ChatEncoder(tokenizer, max_length=40, max_prompt_length=20)
+    assert len(encoder.prompt_ids("w1 w2")) == 7  # <|im_start|> user w1 w2 <|im_end|> <|im_start|> assistant: no frame needed
+    with pytest.raises(UserError, match="does not place the user message in the prompt verbatim"):
+        encoder.prompt_ids(LONG_PROMPT)
 
 
 def test_anchor_and_mlc_rows(tokenizer) -> None:

@@ -1,14 +1,22 @@
 """Chat-template tokenisation with a prompt/response split, so labels can mask the prompt exactly.
 
-Truncation policy (documented in docs/data.md): the prompt keeps its LAST `max_prompt_length` tokens (the end of the
-question and the assistant header matter most for the response), then the response keeps its FIRST
-`max_length - prompt_tokens` tokens. Since max_prompt_length < max_length, every response keeps at least one token.
+Truncation policy (documented in docs/data.md): a rendered prompt longer than `max_prompt_length` tokens keeps the
+template's frame whole (BOS, system message, the user header, the end of the user turn and the assistant header: what
+the model was trained to see around every question) and keeps the LAST tokens of the user's text that fit between (the
+question usually ends a long jailbreak prompt). Then the response keeps its FIRST `max_length - prompt_tokens` tokens.
+Since max_prompt_length < max_length, every response keeps at least one token.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
+
+from mpo_dist.errors import UserError
+
+# Stands in for the user's text when the template is rendered once to find the frame around it: plain letters, so no
+# template filter (trim, escaping) changes it, and no real prompt contains it.
+USER_TEXT_MARKER = "MPODISTUSERTEXTMARKER"
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,7 @@ class ChatEncoder:
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
         self.system_prompt = system_prompt
+        self._frame: tuple[list[int], list[int]] | None = None  # token ids before and after the user's text
 
     def _messages(self, prompt: str) -> list[dict[str, str]]:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
@@ -41,10 +50,38 @@ class ChatEncoder:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def _piece_ids(self, text: str) -> list[int]:
+        """Token ids of a piece of a prompt. Kept apart from `_ids`, which sees each whole rendered prompt and response
+        once (mpo_dist.check.token_counts counts untruncated lengths through it)."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def frame_ids(self) -> tuple[list[int], list[int]]:
+        """Token ids the template puts before and after the user's text (with the system prompt and generation header)."""
+        if self._frame is None:
+            text = self.tokenizer.apply_chat_template(self._messages(USER_TEXT_MARKER), tokenize=False,
+                                                      add_generation_prompt=True)
+            parts = text.split(USER_TEXT_MARKER)
+            if len(parts) != 2:
+                raise UserError("the tokenizer's chat template does not place the user message in the prompt verbatim "
+                                f"(it appears {len(parts) - 1} times), so a prompt over max_prompt_length tokens cannot "
+                                "be shortened inside its frame; use a template that renders the message content as is")
+            self._frame = self._piece_ids(parts[0]), self._piece_ids(parts[1])
+        return self._frame
+
     def prompt_ids(self, prompt: str) -> list[int]:
-        """The prompt rendered with the generation header, truncated from the left."""
+        """The prompt rendered with the generation header; over max_prompt_length tokens, the frame stays whole and the
+        user's text loses its start (see the module docstring)."""
         text = self.tokenizer.apply_chat_template(self._messages(prompt), tokenize=False, add_generation_prompt=True)
-        return self._ids(text)[-self.max_prompt_length:]
+        ids = self._ids(text)
+        if len(ids) <= self.max_prompt_length:
+            return ids
+        head, tail = self.frame_ids()
+        room = self.max_prompt_length - len(head) - len(tail)
+        if room < 1:
+            raise UserError(f"max_prompt_length {self.max_prompt_length} (data.max_prompt_length; eval: --max-prompt-length) "
+                            f"leaves no room for the user's text: the chat template's frame (BOS, system prompt, headers) "
+                            f"alone takes {len(head) + len(tail)} tokens; raise it or shorten data.system_prompt")
+        return head + self._piece_ids(prompt)[-room:] + tail
 
     def response_text(self, prompt: str, response: str) -> str:
         """What the template appends after the generation header for this response (end-of-turn tokens included)."""
