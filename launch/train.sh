@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Train on this machine with N processes (default: one per GPU, or 2 on a CPU-only machine):
 #   NPROC=8 bash launch/train.sh --config configs/llama-3.1-8b-mpo.yaml --set model.path=/models/Llama-3.1-8B-Instruct
-# For clusters use slurm/train.sbatch instead.
+# It runs `mpo-dist check` once first (CHECK=0 skips it), so a run that would fail stops with one message instead of
+# one per rank plus torchrun's failure report. For clusters use slurm/train.sbatch instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/setup_env.sh
 if [ -z "${NPROC:-}" ]; then
   NPROC=$(python -c "import torch; print(torch.cuda.device_count() or 2)")
+fi
+if [ "${CHECK:-1}" != 0 ]; then
+  device_args=(--gpus-per-node "$NPROC")
+  if [ "$(python -c "import torch; print(torch.cuda.is_available())")" != True ]; then device_args+=(--cpu); fi
+  python -m mpo_dist.cli check "${device_args[@]}" "$@" || exit $?
 fi
 exec python -m torch.distributed.run --standalone --nproc-per-node="$NPROC" -m mpo_dist.cli train "$@"
