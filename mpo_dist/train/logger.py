@@ -26,11 +26,14 @@ def setup_console_logging(rank: int) -> None:
     )
 
 
-def memory_gib(device: torch.device) -> float:
-    """Peak memory of this process: GPU allocator peak on CUDA, max resident set size on CPU."""
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """This process's peak memory so far, named for what it measures, since the two are not comparable: on CUDA the
+    caching allocator's peak of live tensors (`peak_gpu_allocated_gib`), on CPU the peak resident set size of the
+    whole process (`peak_rss_gib`: every tensor, plus the interpreter, libraries, communication buffers and what
+    malloc keeps)."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        return {"peak_gpu_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+    return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # ru_maxrss is in KiB
 
 
 class RunLogger:

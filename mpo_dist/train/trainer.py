@@ -41,7 +41,7 @@ from mpo_dist.runtime import seed_everything, torch_dtype
 from mpo_dist.train.build import model_options, reference_engine
 from mpo_dist.train.checkpoint import CheckpointManager, resolve_resume
 from mpo_dist.train.evaluate import reward_gaps
-from mpo_dist.train.logger import METRICS_FILE, RunLogger, memory_gib, setup_console_logging
+from mpo_dist.train.logger import METRICS_FILE, RunLogger, peak_memory, setup_console_logging
 from mpo_dist.train.schedule import warmup_cosine
 from mpo_dist.train.preemption import COMPLETED_FILE, EXIT_REQUEUE, STOP_FILE, StopRequest
 from mpo_dist.train.step import ReferencePlan, head_live_fraction, preference_inputs, reference_terms, total_loss
@@ -243,7 +243,7 @@ class Trainer:
                 self._log_samples(done, example_ids)
                 if done % config.train.log_every == 0 or done == self.total_steps:
                     logger.scalars(done, metrics | {"lr": lr, "grad_norm": self.policy.grad_norm,
-                                                    "tokens_per_s": tokens / seconds, "memory_gib": memory_gib(self.ctx.device)},
+                                                    "tokens_per_s": tokens / seconds, **peak_memory(self.ctx.device)},
                                    prefix="train/")
                 logger.advance(metrics["loss"])
                 if config.train.eval_every and done % config.train.eval_every == 0 and done < self.total_steps and self.eval_examples:
