@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from mpo_dist.config import ConfigError, load_config
 from mpo_dist.data.collate import IGNORE_INDEX, Batch, PreferenceCollator
 from mpo_dist.data.examples import PreferenceExample
-from mpo_dist.data.packing import pack_sequences, packed_attention_kwargs, sequence_sums
+from mpo_dist.data.packing import attention_implementation, pack_sequences, packed_attention_kwargs, sequence_sums
 from mpo_dist.data.tokenize import EncodedSequence
 from mpo_dist.engine.engines import _call_model
 from mpo_dist.losses import build_loss
@@ -25,6 +25,7 @@ from mpo_dist.train.step import ReferencePlan, pooled_hidden, preference_inputs,
 from mpo_dist.train.trainer import Trainer
 
 FAMILIES = [("llama", "sdpa"), ("qwen2", "sdpa"), ("gemma2", "eager")]
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the GPU session runs these on a GPU
 SLIDING_WINDOW = 5  # Gemma-2: shorter than most test sequences, so the window cuts inside every packed sequence
 PAD = 0
 
@@ -186,11 +187,18 @@ def one_step(policy: AlignmentModel, reference: AlignmentModel, batch: Batch, lo
 @pytest.mark.parametrize("loss_name", ["mpo", "dpo"])
 @pytest.mark.parametrize("family,attn", FAMILIES)
 def test_loss_and_every_gradient_match_padded(family: str, attn: str, loss_name: str, tokenizer) -> None:
+    """On the machine's device, packed with the attention the library loads for packing (a GPU: flex_attention for
+    sdpa) against padded with the attention asked for."""
+    packed_attn = attention_implementation(attn, packing=True, on_gpu=DEVICE.type == "cuda")
     examples = random_examples(3, len(tokenizer), with_anchor=loss_name == "mpo", mlc_languages=2, seed=2)
-    policy = alignment_model(family, attn, tokenizer, seed=0)
-    reference = alignment_model(family, attn, tokenizer, seed=7).eval()  # differs from the policy: MPO's L2 is not 0
-    loss_padded, grads_padded = one_step(policy, reference, PreferenceCollator(PAD)(examples), loss_name)
-    loss_packed, grads_packed = one_step(policy, reference, PreferenceCollator(PAD, packing=True)(examples), loss_name)
+
+    def step(attention: str, packing: bool) -> tuple[float, dict]:
+        policy = alignment_model(family, attention, tokenizer, seed=0).to(DEVICE)
+        reference = alignment_model(family, attention, tokenizer, seed=7).eval().to(DEVICE)  # MPO's L2 is not 0
+        return one_step(policy, reference, PreferenceCollator(PAD, packing=packing)(examples).to(DEVICE), loss_name)
+
+    loss_padded, grads_padded = step(attn, packing=False)
+    loss_packed, grads_packed = step(packed_attn, packing=True)
     assert loss_packed == pytest.approx(loss_padded, rel=1e-5, abs=1e-6)
     assert grads_packed.keys() == grads_padded.keys()
     for name, grad in grads_padded.items():
