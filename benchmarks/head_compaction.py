@@ -20,7 +20,6 @@ hits both alike; the table gives the median step time of each and the ratio. The
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 import time
@@ -33,15 +32,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
 from mpo_dist.data.collate import Batch, PreferenceCollator  # noqa: E402
-from mpo_dist.data.examples import PreferenceExample  # noqa: E402
 from mpo_dist.data.packing import IGNORE_INDEX  # noqa: E402
-from mpo_dist.data.tokenize import EncodedSequence  # noqa: E402
 from mpo_dist.engine.engines import _call_model  # noqa: E402
 from mpo_dist.kernels import label_logprobs  # noqa: E402
 from mpo_dist.losses import build_loss  # noqa: E402
 from mpo_dist.models.alignment_model import AlignmentModel  # noqa: E402
 from mpo_dist.models.head import LogProbHead  # noqa: E402
 from mpo_dist.train.step import ReferencePlan, head_live_fraction, preference_inputs, reference_terms  # noqa: E402
+from train_step import synthetic_examples  # noqa: E402  (the train-step benchmark's batch recipe, this directory)
 
 
 class UncompactedHead(LogProbHead):
@@ -79,17 +77,6 @@ def random_llama(args: argparse.Namespace):
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
 
 
-def examples(args: argparse.Namespace) -> list[PreferenceExample]:
-    rng = random.Random(args.seed)
-
-    def sequence() -> EncodedSequence:
-        length = rng.randint(args.min_length, args.seq_len)
-        return EncodedSequence(tuple(rng.randrange(3, args.vocab) for _ in range(length)), max(length // 4, 1))
-
-    return [PreferenceExample(f"bench{i}/xx", "xx", sequence(), sequence(), sequence(), sequence())
-            for i in range(args.pairs)]
-
-
 def step_function(args: argparse.Namespace, head_type: type[LogProbHead], batch: Batch) -> Callable[[], float]:
     model = random_llama(args)
     policy = AlignmentModel(model, "torch", args.chunk_size)
@@ -115,7 +102,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     rows = []
     for layout, packing in (("padded", False), ("packed", True)):
-        batch = PreferenceCollator(pad_token_id=0, packing=packing)(examples(args))
+        batch = PreferenceCollator(pad_token_id=0, packing=packing)(synthetic_examples(args))
         steps = {"before": step_function(args, UncompactedHead, batch), "after": step_function(args, LogProbHead, batch)}
         losses = {name: step() for name, step in steps.items()}  # warm-up
         times: dict[str, list[float]] = {name: [] for name in steps}

@@ -128,8 +128,8 @@ def sequence_starts(segment_ids: Tensor, num_sequences: int) -> Tensor:
 
 
 def sequence_sums(token_values: Tensor, tokens: SequenceTensors) -> tuple[Tensor, Tensor]:
-    """Per-sequence sum of float32 per-token values over the response tokens (label != IGNORE_INDEX) and the response
-    token count, [num_sequences] each, by segment id: one path for the padded and the packed layout."""
+    """Per-sequence sum of per-token values (float32 or float64) over the response tokens (label != IGNORE_INDEX),
+    and the response token count, [num_sequences] each, by segment id: one path for the padded and the packed layout."""
     response_segments = torch.where(tokens.labels != IGNORE_INDEX, tokens.segment_ids, -1)
     return segment_sums(token_values.reshape(-1), response_segments.reshape(-1), tokens.num_sequences)
 
