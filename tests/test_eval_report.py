@@ -184,6 +184,7 @@ def test_report_rates_errors_and_change_from_counts(tmp_path: Path) -> None:
     assert metrics["change"]["en"]["invalid_rate"] == pytest.approx(0.0)
     assert metrics["change"]["sw"]["asr"] == pytest.approx(-0.2)
     assert (tmp_path / "invalid_by_language.png").is_file()
+    assert not list(tmp_path.glob("*.partial"))  # written through a sibling file and a rename
 
 
 def test_run_report_from_eval_jsonl_or_tensorboard(tmp_path: Path) -> None:

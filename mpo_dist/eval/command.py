@@ -123,12 +123,12 @@ def evaluate_model(role: str, path: Path, records: list[ParallelRecord], languag
 
 
 def write_generations(path: Path, judged: dict[str, list[JudgedResponse]]) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        for role, responses in judged.items():
-            for r in responses:
-                handle.write(json.dumps({"role": role, "id": r.record_id, "language": r.language, "prompt": r.prompt,
-                                         "response": r.response, "verdict": r.verdict, "is_safe": r.is_safe},
-                                        ensure_ascii=False) + "\n")
+    from mpo_dist.eval.report import write_text_atomically
+
+    write_text_atomically(path, "".join(
+        json.dumps({"role": role, "id": r.record_id, "language": r.language, "prompt": r.prompt, "response": r.response,
+                    "verdict": r.verdict, "is_safe": r.is_safe}, ensure_ascii=False) + "\n"
+        for role, responses in judged.items() for r in responses))
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -137,18 +137,19 @@ def evaluate(args: argparse.Namespace) -> int:
     from mpo_dist.eval.judge import build_judge
     from mpo_dist.eval.report import EvalReport, load_run_history, write_report
 
+    # inputs are checked before any process group starts
+    model_dir = check_model_dir(args.model, "--model")
+    models = ([("reference", check_model_dir(args.reference, "--reference"))] if args.reference else []) + [("model", model_dir)]
+    out = args.out if args.out is not None else model_dir.parent / f"{model_dir.name}-eval"
+    history = load_run_history(args.run_dir) if args.run_dir is not None else []
+    settings = generation_settings(args)
+    if not 0 < args.max_prompt_length < args.max_length:
+        raise ValueError(f"need 0 < --max-prompt-length < --max-length, got {args.max_prompt_length} and {args.max_length}")
+    requested = [lang.strip() for lang in args.languages.split(",") if lang.strip()] if args.languages else []
+    records = read_eval_data(args.data, args.format, args.dominant_language, requested, args.limit)
+    languages = requested or list(dict.fromkeys(lang for record in records for lang in record.prompt))
     ctx = init_context()
     try:
-        model_dir = check_model_dir(args.model, "--model")
-        models = ([("reference", check_model_dir(args.reference, "--reference"))] if args.reference else []) + [("model", model_dir)]
-        out = args.out if args.out is not None else model_dir.parent / f"{model_dir.name}-eval"
-        history = load_run_history(args.run_dir) if args.run_dir is not None else []
-        settings = generation_settings(args)
-        if not 0 < args.max_prompt_length < args.max_length:
-            raise ValueError(f"need 0 < --max-prompt-length < --max-length, got {args.max_prompt_length} and {args.max_length}")
-        requested = [lang.strip() for lang in args.languages.split(",") if lang.strip()] if args.languages else []
-        records = read_eval_data(args.data, args.format, args.dominant_language, requested, args.limit)
-        languages = requested or list(dict.fromkeys(lang for record in records for lang in record.prompt))
         judge = build_judge(args.judge, args.judge_model, args.judge_template, ctx.device, args.judge_unsafe_index, args.batch_size)
         if hasattr(judge, "check_languages"):  # optional: a judge that knows its languages fails before any model loads
             judge.check_languages(languages)
@@ -161,7 +162,8 @@ def evaluate(args: argparse.Namespace) -> int:
             pairs = {lang: sum(lang in record.pair_languages() for record in records) for lang in languages}
             prompts = {lang: sum(lang in record.prompt for record in records) for lang in languages}
             report = EvalReport(languages, scores, {k: v for k, v in pairs.items() if v}, prompts, history=history, settings={
-                "data": ", ".join(args.data), "judge": judge.name, "generation": settings.describe(),
+                "data": ", ".join(args.data) + (f" (first {args.limit} records of each)" if args.limit else ""),
+                "judge": judge.name, "generation": settings.describe(),
                 "processes": str(ctx.world_size), **({"training run": str(args.run_dir)} if args.run_dir else {})})
             files = write_report(report, out)
             write_generations(out / GENERATIONS_FILE, judged)
@@ -186,10 +188,10 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     """Add `eval` to the CLI's sub-command parsers; the CLI then calls args.func(args)."""
     parser = subparsers.add_parser(
-        "eval", help="per-language reward gaps, judged generations (safety rate / ASR) and a report",
+        "eval", help="per-language reward gaps, judged generations (safety rate / ASR / invalid) and a report",
         description="Evaluate a Hugging Face model (and optionally a reference) per language: held-out reward gaps, "
-                    "generations judged safe/unsafe, safety rate and attack-success rate, their mean and variance across "
-                    "languages; writes report.md, report.html, metrics.json, generations.jsonl, PNG plots and TensorBoard "
+                    "generations judged safe/unsafe/invalid, safety rate, attack-success rate and invalid rate with their "
+                    "standard errors, their mean and variance across languages; writes report.md, report.html, metrics.json, generations.jsonl, PNG plots and TensorBoard "
                     "scalars. Run under torchrun to shard over processes. Exit status: 0 done, 2 bad input.")
     parser.add_argument("--model", type=Path, required=True, help="Hugging Face model directory (export DeepSpeed checkpoints first)")
     parser.add_argument("--reference", type=Path, help="Hugging Face directory of the model before training, for comparison")

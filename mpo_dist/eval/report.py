@@ -9,6 +9,7 @@ import html
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -244,6 +245,17 @@ def render_html(report: EvalReport, metrics: dict, plots: list[Path]) -> str:
             f"Mean and variance across languages (population variance).</p>{images}</body></html>\n")
 
 
+# ---- files ----------------------------------------------------------------------------------------------------------
+PARTIAL_SUFFIX = ".partial"
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Through a sibling file and a rename: a report file that exists is whole, even after a crash or a full disk."""
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
 # ---- plots ----------------------------------------------------------------------------------------------------------
 def _save_figure(path: Path, draw: Callable) -> Path:
     from matplotlib.figure import Figure
@@ -252,7 +264,9 @@ def _save_figure(path: Path, draw: Callable) -> Path:
     axes = figure.add_subplot()
     draw(axes)
     figure.tight_layout()
-    figure.savefig(path, dpi=PLOT_DPI)
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    figure.savefig(partial, dpi=PLOT_DPI, format="png")
+    os.replace(partial, path)
     return path
 
 
@@ -330,9 +344,9 @@ def write_report(report: EvalReport, out: Path) -> dict[str, Path]:
     metrics = metrics_dict(report)
     plots = write_plots(report, out)
     files = {"metrics": out / METRICS_FILE, "markdown": out / "report.md", "html": out / "report.html"}
-    files["metrics"].write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    files["markdown"].write_text(render_markdown(report, metrics, plots), encoding="utf-8")
-    files["html"].write_text(render_html(report, metrics, plots), encoding="utf-8")
+    write_text_atomically(files["metrics"], json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomically(files["markdown"], render_markdown(report, metrics, plots))
+    write_text_atomically(files["html"], render_html(report, metrics, plots))
     write_tensorboard(metrics, out, step=report.history[-1]["step"] if report.history else 0)
     files.update({plot.stem: plot for plot in plots})
     return files
