@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mpo_dist.errors import EXIT_USER_ERROR
+from mpo_dist.errors import EXIT_USER_ERROR, UserError
+
+if TYPE_CHECKING:
+    from mpo_dist.check.report import CheckReport
+    from mpo_dist.config import Config
 
 
 def register(subparsers) -> None:
@@ -31,13 +36,28 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def check_resume(config: Config, report: CheckReport) -> None:
+    """The tag `checkpoint.resume` names, verified as train verifies it (train.checkpoint.resolve_resume; one process
+    here, so it reads the whole tag)."""
+    from mpo_dist.check.preflight import CHECKPOINTS_DIR
+    from mpo_dist.train.checkpoint import resolve_resume
+
+    try:
+        resume_dir = resolve_resume(config.checkpoint.resume, config.output_dir / CHECKPOINTS_DIR)
+    except UserError as error:
+        report.error(str(error))
+        return
+    report.line(f"resume     {resume_dir if resume_dir is not None else 'no (fresh start)'} "
+                f"(checkpoint.resume={config.checkpoint.resume})")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from mpo_dist.check.memory_plan import check_memory
     from mpo_dist.check.preflight import preflight
     from mpo_dist.check.report import CheckReport
-    from mpo_dist.check.reward_gap import check_reference_gap
+    from mpo_dist.eval.reference_gap import check_reference_gap
     from mpo_dist.config import ConfigError, load_config
 
     overrides = list(args.set or []) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
@@ -52,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     on_gpu = not args.cpu and (args.gpus_per_node is not None or torch.cuda.is_available())
     inputs = preflight(config, world_size=args.nodes * gpus_per_node, on_gpu=on_gpu)
     report = inputs.report
+    check_resume(config, report)
     report.summary.insert(0, f"run        {config.loss.name}{' + mlc' if config.mlc.enabled else ''}, "
                              f"{args.nodes} node(s) x {gpus_per_node} rank(s) on {'GPUs' if on_gpu else 'CPU'}"
                              f" = world {args.nodes * gpus_per_node}")

@@ -31,7 +31,7 @@ def _init_tiny(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from mpo_dist import checkpoint_commands, config_keys, demo, import_command, precompute_command
-    from mpo_dist.check.command import register as register_check
+    from mpo_dist.check_command import register as register_check
     from mpo_dist.plan.command import register as register_plan
     from mpo_dist.eval.command import register as register_eval
 

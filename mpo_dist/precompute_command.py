@@ -64,8 +64,7 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
         raise ConfigError(f"loss.name: {config.loss.name!r} with these options reads no reference terms; nothing to "
                           "precompute (train with engine.reference=none)")
     launch = launch_context()  # the checks train runs, before the process group: a bad path or row is one line
-    inputs = preflight(config, world_size=launch.world_size, on_gpu=launch.on_gpu, open_reference_cache=False,
-                       verify_resume=False)
+    inputs = preflight(config, world_size=launch.world_size, on_gpu=launch.on_gpu, open_reference_cache=False)
     inputs.report.raise_if_failed()
     ctx = init_distributed()
     setup_console_logging(ctx.rank)

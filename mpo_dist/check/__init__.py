@@ -1,7 +1,8 @@
-"""`mpo-dist check` and the pre-flight checks `train` runs before any process group or DeepSpeed starts.
+"""The pre-flight checks `train`, `precompute-ref` and `mpo-dist check` run before any process group or DeepSpeed starts.
 
-Everything a run needs is checked on the login node in seconds (docs/quickstart.md, "Check a run first"): the config,
-the model directory, every data file, row and field, the languages, the reference cache, the resume path, the
-DeepSpeed templates and the step arithmetic; `check` adds the memory plan and, on request, the reference model's
-dominant-language reward gap (MPO's precondition).
+Everything a run needs is checked in seconds, on a login node too (docs/quickstart.md, "Check a run first"): the
+config, the model directory, every data file, row and field, the languages, the reference cache, the DeepSpeed
+templates, the step arithmetic and the memory plan. This package sits below mpo_dist.train (the trainer imports it);
+the command itself (mpo_dist/check_command.py) adds the resume checkpoint and MPO's reference reward gap
+(mpo_dist/eval/reference_gap.py), which need the training and evaluation layers.
 """

@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mpo_dist.check.report import CheckReport
 from mpo_dist.config import Config
-from mpo_dist.train.build import run_tokenizer
+from mpo_dist.models.tokenizer import load_tokenizer
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 WEIGHT_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -54,6 +54,14 @@ def _load_config(model_dir: Path, report: CheckReport) -> Any | None:
         report.error(f"model.path: {model_dir}/config.json does not load as a Hugging Face config: "
                      f"{str(error).splitlines()[0]}")
         return None
+
+
+def run_tokenizer(config: Config) -> PreTrainedTokenizerBase:
+    """The run's tokenizer (model.tokenizer, else the model's own), with a pad token."""
+    tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
+    if tokenizer.pad_token_id is None:  # padding is masked out everywhere, any id will do
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _load_tokenizer(config: Config, report: CheckReport) -> PreTrainedTokenizerBase | None:

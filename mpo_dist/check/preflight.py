@@ -1,7 +1,9 @@
 """The checks `train`, `precompute-ref` and `check` share, run before any process group or DeepSpeed starts, and what
-they built on the way (tokenizer, examples, reference cache, resume tag), so the run reuses it instead of redoing it.
+they built on the way (tokenizer, examples, reference cache), so the run reuses it instead of redoing it.
 
-Every rank of a torchrun / srun job may run them: they read files and create nothing.
+Every rank of a torchrun / srun job may run them: they read files and create nothing. The resume checkpoint is not
+checked here: `train` verifies it right after the process group starts, where the ranks share reading it, and `check`
+verifies it with the same function (mpo_dist.train.checkpoint.resolve_resume).
 """
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ from mpo_dist.engine.reference_cache import ReferenceCache, reference_fingerprin
 from mpo_dist.errors import UserError
 from mpo_dist.losses import build_loss
 from mpo_dist.runtime import resolve_dtype
-from mpo_dist.train.checkpoint import resolve_resume
 
 CHECKPOINTS_DIR = "checkpoints"
 
@@ -143,24 +144,10 @@ def _open_reference_cache(config: Config, device: torch.device, inputs: RunInput
     inputs.reference_cache = cache
 
 
-def _resolve_resume(config: Config, inputs: RunInputs) -> None:
-    """The tag `checkpoint.resume` names, verified (train.checkpoint.resolve_resume)."""
-    try:
-        resume_dir = resolve_resume(config.checkpoint.resume, config.output_dir / CHECKPOINTS_DIR)
-    except UserError as error:
-        inputs.report.error(str(error))
-        return
-    inputs.report.line(f"resume     {resume_dir if resume_dir is not None else 'no (fresh start)'} "
-                       f"(checkpoint.resume={config.checkpoint.resume})")
-
-
 def preflight(config: Config, *, world_size: int, on_gpu: bool, device: torch.device | None = None,
-              open_reference_cache: bool = True, verify_resume: bool = True) -> RunInputs:
-    """Check everything a run of `config` at `world_size` ranks needs; the report holds what is wrong. Creates nothing.
-
-    `open_reference_cache=False` is for precompute-ref, which writes the cache instead of reading it.
-    `verify_resume=False` is for train, which verifies the resume checkpoint right after the process group starts: the
-    verification reads every byte of the checkpoint and is shared among the ranks then, instead of repeated by each."""
+              open_reference_cache: bool = True) -> RunInputs:
+    """Check everything a run of `config` at `world_size` ranks needs but its resume checkpoint; the report holds what
+    is wrong. Creates nothing. `open_reference_cache=False` is for precompute-ref, which writes the cache."""
     inputs = RunInputs(CheckReport(), resolve_dtype(config.model.dtype, on_gpu))
     report = inputs.report
     loss = build_loss(config.loss.name, config.loss.options())
@@ -174,8 +161,6 @@ def preflight(config: Config, *, world_size: int, on_gpu: bool, device: torch.de
     if train_records is not None:
         check_languages(config, train_records, with_anchor=loss.needs_anchor, with_mlc=config.mlc.enabled, report=report)
         check_identical_pairs(train_records, report)
-    if verify_resume:
-        _resolve_resume(config, inputs)
     if inputs.model is None or train_records is None or eval_records is None or report.errors:
         return inputs
     _build_examples(config, inputs.model, train_records, eval_records, inputs)

@@ -1,24 +1,14 @@
-"""What a run is made of, built from its config: tokenizer, model options, the frozen reference engine.
+"""What a run is made of, built from its config: model options and the frozen reference engine.
 
-Shared by `train` and `precompute-ref` (examples come from mpo_dist.check.preflight, which both run first), so the cache
-is computed on exactly the examples and model the trainer uses.
+Shared by `train` and `precompute-ref` (tokenizer and examples come from mpo_dist.check.preflight, which both run first),
+so the cache is computed on exactly the examples and model the trainer uses.
 """
 from __future__ import annotations
-
-from transformers import PreTrainedTokenizerBase
 
 from mpo_dist.config import Config
 from mpo_dist.engine.ds_config import render_reference_config
 from mpo_dist.engine.engines import ReferenceEngine, build_alignment_model
-from mpo_dist.models.tokenizer import load_tokenizer
 from mpo_dist.runtime import torch_dtype
-
-
-def run_tokenizer(config: Config) -> PreTrainedTokenizerBase:
-    tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
-    if tokenizer.pad_token_id is None:  # padding is masked out everywhere, any id will do
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def model_options(config: Config) -> dict:

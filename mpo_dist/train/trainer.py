@@ -66,8 +66,7 @@ class Trainer:
         starts (the ranks share reading it). The output directory is created only after both."""
         self.config = config
         launch = launch_context()
-        inputs = preflight(config, world_size=launch.world_size, on_gpu=launch.on_gpu, device=launch.device,
-                           verify_resume=False)
+        inputs = preflight(config, world_size=launch.world_size, on_gpu=launch.on_gpu, device=launch.device)
         inputs.report.raise_if_failed()
         self.ctx: DistributedContext = init_distributed()
         if (self.ctx.world_size, self.ctx.device) != (launch.world_size, launch.device):
