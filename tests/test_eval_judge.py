@@ -183,7 +183,8 @@ def test_build_judge_options(tmp_path: Path) -> None:
         build_judge(judge_model=str(tmp_path / "missing"), device=cpu)
 
 
-@pytest.mark.parametrize("id2label, expected", [({0: "safe", 1: "unsafe"}, "safe"), ({0: "unsafe", 1: "safe"}, "unsafe")])
+@pytest.mark.parametrize("id2label, expected", [({0: "safe", 1: "unsafe"}, "safe"), ({0: "unsafe", 1: "safe"}, "unsafe"),
+                                                ({0: "invalid", 1: "safe", 2: "unsafe"}, "invalid")])
 def test_classifier_judge_reads_the_label_names(tiny_models: dict[str, Path], tmp_path: Path, id2label: dict,
                                                 expected: str) -> None:
     """A classifier whose score head is zero ties every label; argmax then picks index 0, so the verdict is decided by
