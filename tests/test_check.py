@@ -95,7 +95,7 @@ def test_shipped_sample_configs_print_their_summary(capsys: pytest.CaptureFixtur
     code, out = run_check(capsys, ["--config", str(REPO_ROOT / "configs" / config)]
                           + sets(f"model.path={tiny_models['llama']}", f"train.output_dir={tmp_path}"))
     assert code == 0, out
-    for heading in ("run ", "model ", "examples ", "tokens ", "steps ", "memory "):
+    for heading in ("run ", "data ", "model ", "examples ", "tokens ", "steps ", "memory "):
         assert f"\n{heading}" in f"\n{out}", (heading, out)
 
 

@@ -38,17 +38,23 @@ def _where(record: ParallelRecord) -> str:
     return f"{record.file}, row {record.row}"
 
 
+def pairs_per_language(records: list[ParallelRecord]) -> str:
+    """"ar 64, bn 64, ...": complete preference pairs per language, for the summary and for messages."""
+    counts = Counter(lang for record in records for lang in record.pair_languages())
+    return ", ".join(f"{lang} {count}" for lang, count in sorted(counts.items())) or "none"
+
+
 def check_languages(config: Config, records: list[ParallelRecord], *, with_anchor: bool, with_mlc: bool,
                     report: CheckReport) -> None:
     """Configured languages against the languages the training records really have."""
     data = config.data
-    pair_languages = Counter(lang for record in records for lang in record.pair_languages())
-    found = ", ".join(f"{lang} {count}" for lang, count in sorted(pair_languages.items())) or "none"
+    pair_languages = {lang for record in records for lang in record.pair_languages()}
+    found = pairs_per_language(records)
     absent = [lang for lang in data.languages if lang not in pair_languages]
     if absent:
         report.error(f"data.languages: {', '.join(absent)} ha{'ve' if len(absent) > 1 else 's'} no preference pair in "
                      f"data.train_files (pairs per language: {found})")
-    trained = [lang for lang in (data.languages or pair_languages) if not (with_anchor and lang == data.dominant_language)]
+    trained = [lang for lang in (data.languages or sorted(pair_languages)) if not (with_anchor and lang == data.dominant_language)]
     if with_anchor and not trained:
         report.error(f"data.languages: MPO trains languages other than data.dominant_language "
                      f"({data.dominant_language}); none is left (pairs per language: {found})")

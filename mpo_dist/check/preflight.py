@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from mpo_dist.check.data_checks import check_example_ids, check_identical_pairs, check_languages, load_section
+from mpo_dist.check.data_checks import (check_example_ids, check_identical_pairs, check_languages, load_section,
+                                        pairs_per_language)
 from mpo_dist.check.model_dir import ModelInputs, check_model_directory
 from mpo_dist.check.report import CheckReport
 from mpo_dist.check.token_counts import CountingEncoder, TokenCounts
@@ -159,6 +160,8 @@ def preflight(config: Config, *, world_size: int, on_gpu: bool, device: torch.de
     train_records = load_section(config.data.train_files, "data.train_files", config, report)
     eval_records = load_section(config.data.eval_files, "data.eval_files", config, report)
     if train_records is not None:
+        report.line(f"data       {len(train_records)} records in {len(config.data.train_files)} training file(s); "
+                    f"pairs per language: {pairs_per_language(train_records)}")
         check_languages(config, train_records, with_anchor=loss.needs_anchor, with_mlc=config.mlc.enabled, report=report)
         check_identical_pairs(train_records, report)
     if inputs.model is None or train_records is None or eval_records is None or report.errors:
