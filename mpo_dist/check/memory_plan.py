@@ -13,7 +13,9 @@ from mpo_dist.plan import PlanSettings, load_model_shape, plan_memory
 from mpo_dist.plan.memory import (DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE, DEEPSPEED_DEFAULT_SUB_GROUP_SIZE, GIB,
                                   HALF_PRECISION_DTYPES)
 
-GPU_SEQUENCES = {True: 4, False: 2}  # per example: MPO adds the dominant chosen + rejected to the target pair
+# Policy sequences per example: MPO adds the dominant chosen + rejected to the target pair. MLC's prompt-only rows are
+# not counted (the planner sizes every sequence at data.max_length; prompts are shorter).
+GPU_SEQUENCES = {True: 4, False: 2}
 
 
 def plan_settings(config: Config, *, nodes: int, gpus_per_node: int, dtype: str, hidden_size: int,

@@ -60,7 +60,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
                 yield line_number, DataError(str(path), line_number, None, f"invalid JSON (column {error.colno}): {error.msg}")
 
 
-def _dataset_rows(path: Path) -> Iterator[tuple[int, object]]:
+def _rows(path: Path) -> Iterator[tuple[int, object]]:
     if path.suffix == ".jsonl" and not path.is_dir():
         yield from _jsonl_rows(path)
         return
@@ -92,7 +92,7 @@ def load_records(data_file: DataFile, dominant_language: str, skip_bad_rows: boo
     read = row_reader(data_file.format, data_file.source_language or dominant_language, data_file.target_language)
     records: list[ParallelRecord] = []
     skipped = 0
-    for row_number, raw in _dataset_rows(path):
+    for row_number, raw in _rows(path):
         try:
             if isinstance(raw, DataError):
                 raise raw
