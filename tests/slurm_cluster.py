@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -87,6 +88,68 @@ class SlurmCluster:
         """Wait until the job is in a final state (a requeued job passes through PENDING first) and return its fields."""
         wait_for(lambda: self.job(job_id)["JobState"] in FINISHED_STATES, timeout_s, f"job {job_id} to finish", poll_s=0.5)
         return self.job(job_id)
+
+    def lose_node(self, node: str) -> None:
+        """The node vanishes: SIGKILL its slurmd, the step daemons of its job steps and every process under them (the
+        trainer ranks it ran), then mark it DOWN, which is what the controller does itself once the node has not
+        answered for SlurmdTimeout (60 s in slurm/local-cluster.sh, 300 s by default); doing it at once keeps the test
+        short without changing what follows."""
+        slurmd = int((self.state_dir / "run" / f"slurmd-{node}.pid").read_text())
+        tasks = [pid for pid in _pids() if f"SLURMD_NODENAME={node}".encode() in _environ(pid)]
+        roots = {slurmd, *tasks, *(_parent(t) for t in tasks if b"slurmstepd" in _cmdline(_parent(t)))}
+        for pid in _with_descendants(roots - {0, 1}):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.command("scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=lost node (test)")
+
+    def restore_node(self, node: str) -> None:
+        """Start the node's slurmd again and return it to service (a node set DOWN by hand needs RESUME)."""
+        subprocess.run(["slurmd", "-N", node, "-f", self.env["SLURM_CONF"]], env=self.env, check=True, timeout=60)
+        self.command("scontrol", "update", f"NodeName={node}", "State=RESUME")
+        wait_for(lambda: self.node_in_service(node), 60, f"{node} to be back in service", poll_s=0.5)
+
+    def node_in_service(self, node: str) -> bool:
+        """Answering the controller (no `*` after the state) and not down, drained or failing."""
+        state = self.command("sinfo", "-h", "-N", "-n", node, "-o", "%t").strip()
+        return bool(state) and not state.endswith("*") and not state.startswith(("down", "drain", "fail"))
+
+
+def _pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _read_proc(pid: int, name: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes()
+    except OSError:  # the process ended meanwhile
+        return b""
+
+
+def _environ(pid: int) -> list[bytes]:
+    return _read_proc(pid, "environ").split(b"\0")
+
+
+def _cmdline(pid: int) -> bytes:
+    return _read_proc(pid, "cmdline")
+
+
+def _parent(pid: int) -> int:
+    stat = _read_proc(pid, "stat")
+    return int(stat.rsplit(b")", 1)[1].split()[1]) if stat else 0
+
+
+def _with_descendants(roots: set[int]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid in _pids():
+        children.setdefault(_parent(pid), []).append(pid)
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo += children.get(pid, [])
+    return found
 
 
 @contextmanager

@@ -1,6 +1,8 @@
 """The real trainer under the real sbatch template on the 2-node local SLURM cluster (one rank per node, gloo):
-a plain run that checkpoints, and a USR1 preemption that checkpoints, requeues, resumes and ends with exactly the planned
-optimiser steps, every step once and no sample trained twice or skipped within an epoch."""
+a plain run that checkpoints; a USR1 preemption that checkpoints, requeues, resumes and ends with exactly the planned
+optimiser steps, every step once and no sample trained twice or skipped within an epoch; and a node lost mid-run, after
+which SLURM requeues the job (NODE_FAIL, the template's --requeue) and it resumes from the newest complete checkpoint
+with the same guarantees."""
 from __future__ import annotations
 
 import sys
@@ -66,3 +68,26 @@ def test_usr1_preemption_resumes_without_losing_or_repeating_samples(slurm_clust
     assert len(first_epoch) == len(set(first_epoch)) == EXAMPLES_PER_EPOCH  # nothing repeated, nothing skipped
     losses = [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in row]
     assert losses == list(range(1, planned + 1))
+
+
+def test_lost_node_requeues_and_resumes_from_the_newest_checkpoint(slurm_cluster: SlurmCluster,
+                                                                  tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """node2 (rank 1, not the batch host) vanishes after step 7: its slurmd, step daemon and trainer are SIGKILLed."""
+    planned = EXAMPLES_PER_EPOCH // 4  # one epoch: every example exactly once
+    job_id, run_dir = submit(slurm_cluster, tmp_path, tiny_models["llama"], steps=planned)
+    samples = run_dir / "samples.jsonl"
+    wait_for(lambda: samples.is_file() and len(samples.read_text().splitlines()) >= 7, JOB_TIMEOUT_S, "seven trained steps")
+    try:
+        slurm_cluster.lose_node("node2")
+        wait_for(lambda: slurm_cluster.job(job_id)["Restarts"] == "1", JOB_TIMEOUT_S, "SLURM to requeue the job")
+        newest = max(d.name for d in (run_dir / "checkpoints").glob("step_*") if (d / "COMPLETE").is_file())
+    finally:
+        slurm_cluster.restore_node("node2")
+    job = slurm_cluster.wait_until_finished(job_id, JOB_TIMEOUT_S)
+    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", logs(tmp_path)
+    resumed = "".join(path.read_text() for path in (run_dir / "logs" / str(job_id) / "restart-1").glob("node-*.log"))
+    assert f"resumed from {run_dir / 'checkpoints' / newest} at step {int(newest.split('_')[1])}" in resumed, logs(tmp_path)
+    steps = read_jsonl(samples)
+    assert [s["step"] for s in steps] == list(range(1, planned + 1)), logs(tmp_path)
+    trained = [i for s in steps for i in s["ids"]]
+    assert len(trained) == len(set(trained)) == EXAMPLES_PER_EPOCH  # nothing repeated, nothing skipped

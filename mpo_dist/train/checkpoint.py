@@ -74,11 +74,9 @@ def verified_problems(tag_dir: Path) -> tuple[list[str], bool]:
 
 
 def resume_candidates(root: Path) -> list[Path]:
-    """Tags with a COMPLETE marker, the one `latest` names first, then newest first."""
-    complete = [d for d in reversed(tag_dirs(root)) if is_complete(d)]
-    latest = root / LATEST_FILE
-    named = root / latest.read_text().strip() if latest.is_file() else None
-    return sorted(complete, key=lambda d: d != named)  # stable: keeps newest-first among the rest
+    """Tags with a COMPLETE marker, newest first. `latest` is not consulted: a crash between the marker and the pointer
+    leaves a newer complete tag than the one it names (the pointer is kept for DeepSpeed's own tools)."""
+    return [d for d in reversed(tag_dirs(root)) if is_complete(d)]
 
 
 def _warn_unrecorded(tag_dir: Path) -> None:
