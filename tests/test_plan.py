@@ -9,9 +9,11 @@ import os
 import socket
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
+import torch
 
 from mpo_dist.plan import (
     ModelSpecError,
@@ -22,8 +24,18 @@ from mpo_dist.plan import (
 )
 from mpo_dist.kernels.backward_budget import backward_temporary_bytes
 from mpo_dist.plan.command import register
-from mpo_dist.plan.memory import GIB, optimizer_sub_group_params
+from mpo_dist.config import load_config
+from mpo_dist.engine.ds_config import render_policy_config
+from mpo_dist.plan.memory import (
+    FORWARD_BACKWARD,
+    GIB,
+    OPTIMIZER_STEP,
+    REFERENCE_FORWARD,
+    STEP_PHASES,
+    optimizer_sub_group_params,
+)
 from mpo_dist.plan.model_shape import build_meta_model, load_hf_config
+from mpo_dist.train.trainer import Trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,6 +141,7 @@ def test_tiny_plan_by_hand(shapes):
         "activation gradients in flight": tokens * 2 * (3 * 128 + 2 * 64),
         "final norm": tokens * 6 * 64,
         "log-prob head workspace": 16 * 1000 * 8 + tokens * 64 * 4,
+        "reference terms kept for the loss": 1 * (2 * 64 + 8) * 4,  # 1 pair: pooled hidden [2, 64] + 8 floats
         "fp32 gradients of one optimizer sub-group": 4 * (1000 + 32_000),  # sub-group + one module shard
         "reference: gathered parameters": 4 * 64_000,
         "reference: one layer's no-grad transients": 16 * 2 * (3 * 128 + 3 * 64),  # 2 sequences x 8 tokens
@@ -136,7 +149,7 @@ def test_tiny_plan_by_hand(shapes):
     }
     assert _bytes_by_name(plan.gpu) == expected_gpu
     persistent = 18 * shard + 2000 + 3 * GIB
-    forward_backward = 256_000 + 8192 + 74_240 + 32_768 + 12_288 + 136_192
+    forward_backward = 256_000 + 8192 + 74_240 + 32_768 + 12_288 + 136_192 + 544
     assert plan.gpu_peak_bytes == persistent + forward_backward
     assert _bytes_by_name(plan.cpu) == {"rank processes (host runtime allowance)": 2 * 4 * GIB,
                                         "reference parameters (offload_param, bf16 shards)": 2 * 2 * shard}
@@ -208,13 +221,9 @@ def test_half_gradient_accumulation_is_two_bytes_per_param_below_the_estimator(s
 LIVE_ENGINE_SCRIPT = r"""
 import json, os, sys, torch, deepspeed
 from transformers import AutoConfig, AutoModelForCausalLM
-config = json.loads(sys.argv[1]); model_type = config.pop("model_type"); grad_accum_dtype = sys.argv[2]
+config = json.loads(sys.argv[1]); model_type = config.pop("model_type"); ds_config = json.loads(sys.argv[2])
 torch.manual_seed(0)
 model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config))
-ds_config = {"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True},
-             "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
-             "zero_optimization": {"stage": 3, "sub_group_size": 50000, "reduce_bucket_size": 12345},
-             "data_types": {"grad_accum_dtype": grad_accum_dtype}}
 engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
 ids = torch.randint(0, 1000, (1, 16))
 engine.backward(engine(input_ids=ids, labels=ids).loss); engine.step()
@@ -231,23 +240,32 @@ print("RESULT " + json.dumps({
 """
 
 
+LIVE_ENGINE_CONFIG = {"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True},
+                      "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
+                      "zero_optimization": {"stage": 3, "sub_group_size": 50000, "reduce_bucket_size": 12345}}
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("grad_accum_dtype", ["fp32", "bf16"])
-def test_persistent_model_states_match_a_live_deepspeed_engine(shapes, grad_accum_dtype):
-    """One-rank ZeRO-3 engine on CPU: the bytes it really holds are the bytes the planner charges."""
+def _live_engine(ds_config: dict) -> dict:
+    """The tensors a one-rank ZeRO-3 engine on CPU holds after one step of the tiny model under `ds_config`."""
     env = os.environ | {"DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
                         "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "PYTHONPATH": str(REPO_ROOT)}
-    completed = subprocess.run([sys.executable, "-c", LIVE_ENGINE_SCRIPT, json.dumps(TINY_CONFIG), grad_accum_dtype],
+    completed = subprocess.run([sys.executable, "-c", LIVE_ENGINE_SCRIPT, json.dumps(TINY_CONFIG), json.dumps(ds_config)],
                                env=env, capture_output=True, text=True, timeout=600)
     result_lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
     assert result_lines, completed.stdout[-3000:] + completed.stderr[-3000:]
-    live = json.loads(result_lines[0].removeprefix("RESULT "))
+    return json.loads(result_lines[0].removeprefix("RESULT "))
 
+
+@pytest.mark.parametrize("grad_accum_dtype", ["fp32", "bf16"])
+def test_persistent_model_states_match_a_live_deepspeed_engine(shapes, grad_accum_dtype):
+    """One-rank ZeRO-3 engine on CPU: the bytes it really holds are the bytes the planner charges."""
+    live = _live_engine(LIVE_ENGINE_CONFIG | {"data_types": {"grad_accum_dtype": grad_accum_dtype}})
     settings = PlanSettings(nodes=1, gpus_per_node=1, gpu_mem_gib=80, cpu_mem_gib=64, reduce_bucket_size=12345,
                             sub_group_size=50000, grad_accum_dtype=grad_accum_dtype)
     planned = _bytes_by_name(plan_memory(shapes["tiny"], settings).gpu)
@@ -259,10 +277,100 @@ def test_persistent_model_states_match_a_live_deepspeed_engine(shapes, grad_accu
     assert live["largest_sub_group"] <= optimizer_sub_group_params(shapes["tiny"], 1, 50000)
 
 
+# --- gradient bucket sizes ------------------------------------------------------------------------------------
+
+def _default_policy_template(hidden_size: int) -> dict:
+    """deepspeed_configs/zero3_policy.json as the trainer renders it for a bf16 model of this hidden size."""
+    config = load_config(None, ["model.path=/models/placeholder"])
+    return render_policy_config(config, world_size=1, dtype="bf16", hidden_size=hidden_size, on_gpu=True)
+
+
+@pytest.mark.parametrize("model, hidden_size", [("tiny", 64), ("8b", 4096), ("70b", 8192)])
+def test_default_template_sizes_the_reduce_bucket_from_the_model(shapes, model, hidden_size):
+    """DeepSpeed allocates the whole reduce bucket up front; the default template's fixed 5e8 elements were 2,500 x
+    the tiny model's parameters. Sized from the model it is hidden², below the parameter count at every size."""
+    bucket = _default_policy_template(shapes[model].hidden_size)["zero_optimization"]["reduce_bucket_size"]
+    assert bucket == hidden_size * hidden_size < shapes[model].total_params
+
+
+def test_planner_counts_the_bucket_a_live_engine_allocates_from_the_default_template(tiny_config_path, capsys):
+    live = _live_engine(_default_policy_template(TINY_CONFIG["hidden_size"]))
+    assert live["reduce_bucket"] == 2 * 64 * 64  # bf16 elements, by hand
+    assert _cli(["plan", "--model", str(tiny_config_path), "--nodes", "1", "--gpus-per-node", "1", "--gpu-mem", "80",
+                 "--cpu-mem", "64", "--reduce-bucket-size", "auto", "--json"]) == 0
+    components = json.loads(capsys.readouterr().out)["gpu_per_gpu"]["components"]
+    assert {c["component"]: c["bytes"] for c in components}["gradient reduce bucket"] == live["reduce_bucket"]
+
+
 @pytest.mark.parametrize("template", ["zero3_policy", "zero3_8b_1node", "zero3_70b", "zero3_70b_offload_optimizer"])
 def test_planner_default_gradient_dtype_is_the_shipped_templates(template):
     rendered = json.loads((REPO_ROOT / "deepspeed_configs" / f"{template}.json").read_text())
     assert rendered["data_types"]["grad_accum_dtype"] == PlanSettings(1, 1, 1, 1).grad_accum_dtype
+
+
+# --- the planner's phases are the step's phases ---------------------------------------------------------------
+
+class _Held:
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+
+class SavedActivations:
+    """Bytes autograd keeps for backward while they are alive, counted per save. Parameters are left out: ZeRO-3
+    gathers and releases those itself (the planner's "gathered parameters")."""
+
+    def __init__(self) -> None:
+        self.live = 0
+
+    def pack(self, tensor: torch.Tensor):
+        if isinstance(tensor, torch.nn.Parameter):
+            return tensor
+        held, nbytes = _Held(tensor), tensor.numel() * tensor.element_size()
+        self.live += nbytes
+        weakref.finalize(held, self._release, nbytes)
+        return held
+
+    def _release(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    @staticmethod
+    def unpack(packed):
+        return packed.tensor if isinstance(packed, _Held) else packed
+
+
+def test_the_step_runs_the_planners_phases_in_order_each_freed_before_the_next(tiny_models, tmp_path):
+    """The plan's peak is persistent + the LARGEST phase, not a sum. That holds only if Trainer.micro_step runs the
+    phases in STEP_PHASES order and no policy activation is alive when the reference forward or the optimizer step
+    starts: checked on the real step (online reference, MPO), whose engine calls are recorded with the live bytes."""
+    config = load_config(None, [
+        f"model.path={tiny_models['llama']}", f"train.output_dir={tmp_path}", "train.micro_batch_size=2",
+        "data.max_length=128", "data.max_prompt_length=64", "data.eval_files=[]", "loss.name=mpo",
+        "engine.reference=online", "logging.progress_bar=false", "logging.tensorboard=false",
+    ])
+    trainer = Trainer(config)
+    saved, calls = SavedActivations(), []
+
+    def recorded(phase, method):
+        def call(*args, **kwargs):
+            calls.append((phase, method.__name__, saved.live))
+            return method(*args, **kwargs)
+        return call
+
+    trainer.reference.forward = recorded(REFERENCE_FORWARD, trainer.reference.forward)
+    trainer.policy.forward = recorded(FORWARD_BACKWARD, trainer.policy.forward)
+    trainer.policy.backward = recorded(FORWARD_BACKWARD, trainer.policy.backward)
+    trainer.policy.step = recorded(OPTIMIZER_STEP, trainer.policy.step)
+    with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+        trainer.optimizer_step(0)
+
+    phases = [phase for index, (phase, _, _) in enumerate(calls) if index == 0 or calls[index - 1][0] != phase]
+    assert tuple(phases) == STEP_PHASES
+    live = {name: bytes_ for _, name, bytes_ in calls}
+    assert calls[0][1] == "forward" and calls[0][2] == 0  # the reference forward: no policy activation yet
+    assert live["backward"] > 0  # the instrument sees the policy's activations
+    assert live["step"] == 0  # all freed by backward before the optimizer step
 
 
 # --- the headline plan and the command line ----------------------------------------------------------------

@@ -34,6 +34,14 @@ def read_template(path: str | Path) -> dict:
         raise DeepSpeedConfigError(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from None
 
 
+def auto_reduce_bucket_size(hidden_size: int) -> int:
+    """Elements of the gradient reduce bucket, which DeepSpeed allocates whole at start-up: H², the Hugging Face
+    convention. Every decoder layer of a transformer holds at least 2 H² parameters (its q and o projections), so the
+    bucket is never larger than the model's gradients, unlike DeepSpeed's fixed 5e8 elements (a 2 GiB fp32 buffer for a
+    135M model). Multi-node templates set their own larger size for fewer collectives (docs/scaling.md)."""
+    return hidden_size * hidden_size
+
+
 def _fill(node: dict, key: str, value: Any) -> None:
     if node.get(key) == "auto":
         node[key] = value
@@ -48,7 +56,7 @@ def _fill_common(rendered: dict, config: Config, world_size: int, dtype: str, hi
         if precision in rendered:
             _fill(rendered[precision], "enabled", dtype == precision)
     zero = rendered.get("zero_optimization", {})
-    _fill(zero, "reduce_bucket_size", hidden_size * hidden_size)
+    _fill(zero, "reduce_bucket_size", auto_reduce_bucket_size(hidden_size))
     _fill(zero, "stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size))
     _fill(zero, "stage3_param_persistence_threshold", 10 * hidden_size)
     for offload in ("offload_param", "offload_optimizer"):

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from mpo_dist.engine.ds_config import auto_reduce_bucket_size
 from mpo_dist.plan.memory import (
     ATTENTION_KINDS,
     DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE,
@@ -20,7 +21,9 @@ from mpo_dist.plan.memory import (
     compare_with_deepspeed,
     plan_memory,
 )
-from mpo_dist.plan.model_shape import bundled_model_names, load_model_shape
+from mpo_dist.plan.model_shape import ModelShape, bundled_model_names, load_model_shape
+
+AUTO = "auto"
 
 
 def register(subparsers) -> None:
@@ -59,28 +62,40 @@ def register(subparsers) -> None:
                         help="tokens per logits tile in the fused log-prob head; 0 = Triton kernel (default 4096)")
     parser.add_argument("--attention", choices=ATTENTION_KINDS, default="flash",
                         help="flash: memory-efficient attention (flash/SDPA); eager: keeps seq x seq scores")
-    parser.add_argument("--reduce-bucket-size", type=int, default=DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE,
-                        help="zero_optimization.reduce_bucket_size in elements (DeepSpeed default 5e8)")
+    parser.add_argument("--reduce-bucket-size", type=_elements_or_auto, default=DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE,
+                        help="zero_optimization.reduce_bucket_size in elements (DeepSpeed default 5e8), or auto: "
+                             "hidden size squared, what the default policy template zero3_policy.json renders")
     parser.add_argument("--sub-group-size", type=int, default=DEEPSPEED_DEFAULT_SUB_GROUP_SIZE,
                         help="zero_optimization.sub_group_size in elements (DeepSpeed default 1e9)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
     parser.set_defaults(func=run)
 
 
-def settings_from_args(args) -> PlanSettings:
+def _elements_or_auto(text: str) -> int | str:
+    if text == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of elements or {AUTO}, got {text!r}") from None
+
+
+def settings_from_args(args, shape: ModelShape) -> PlanSettings:
+    bucket = args.reduce_bucket_size
     return PlanSettings(
         nodes=args.nodes, gpus_per_node=args.gpus_per_node, gpu_mem_gib=args.gpu_mem, cpu_mem_gib=args.cpu_mem,
         seq_len=args.seq_len, micro_batch=args.micro_batch, sequences_per_example=args.sequences_per_example,
         dtype=args.dtype, grad_accum_dtype=args.grad_accum_dtype,
         activation_checkpointing=args.activation_checkpointing, checkpointed_layers=args.checkpointed_layers,
         offload_optimizer=args.offload_optimizer, reference=args.reference, head_chunk=args.head_chunk,
-        attention=args.attention, reduce_bucket_size=args.reduce_bucket_size, sub_group_size=args.sub_group_size)
+        attention=args.attention, sub_group_size=args.sub_group_size,
+        reduce_bucket_size=auto_reduce_bucket_size(shape.hidden_size) if bucket == AUTO else bucket)
 
 
 def run(args) -> int:
     try:
-        settings = settings_from_args(args)
         shape = load_model_shape(args.model)
+        settings = settings_from_args(args, shape)
         plan = plan_memory(shape, settings)
     except ValueError as error:  # ModelSpecError included
         print(f"mpo-dist plan: error: {error}", file=sys.stderr)

@@ -10,9 +10,10 @@ runtime/zero/stage3.py and checked against a live engine in tests/test_plan.py):
     sub-group's gradients (4 B x sub-group from fp32 accumulation; 2 + 4 B from half accumulation, which
     is flattened, then converted), or persistently on the CPU (4 B/param/world) with optimizer offload
   * one gradient reduce bucket of reduce_bucket_size elements (bf16) on the GPU
-GPU components are tagged with the phase of the step in which they are live; the peak is
-persistent + the largest phase, because activations, gathered parameters and the optimizer step's
-fp32 gradients are never live at the same time.
+GPU components are tagged with the phase of the step in which they are live. Trainer.micro_step runs the
+phases one after another (STEP_PHASES: the reference forward first, then the policy's forward and
+backward, then the optimizer step) and each frees its working memory before the next starts, so the
+peak is persistent + the largest phase; tests/test_plan.py checks that order on the live step.
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ PERSISTENT = "persistent"
 FORWARD_BACKWARD = "forward/backward"
 OPTIMIZER_STEP = "optimizer step"
 REFERENCE_FORWARD = "reference forward"
-PHASES = (PERSISTENT, FORWARD_BACKWARD, OPTIMIZER_STEP, REFERENCE_FORWARD)
+STEP_PHASES = (REFERENCE_FORWARD, FORWARD_BACKWARD, OPTIMIZER_STEP)  # the order Trainer.micro_step runs them
+PHASES = (PERSISTENT, *STEP_PHASES)
 
 HALF = 2  # bytes of a bf16/fp16 element
 FP32 = 4
@@ -173,7 +175,7 @@ def _phase_totals(components) -> dict[str, int]:
 
 
 def _peak(components) -> int:
-    """Persistent memory plus the hungriest phase: the transient phases never overlap."""
+    """Persistent memory plus the hungriest phase: the step runs the transient phases one after another."""
     totals = _phase_totals(components)
     persistent = totals.pop(PERSISTENT, 0)
     return persistent + max(totals.values(), default=0)
@@ -305,6 +307,16 @@ def _head_workspace(shape: ModelShape, s: PlanSettings, tokens: int, backward: b
                      + (f" + {tokens:,} x {shape.hidden_size} fp32 input grad" if backward else ""))
 
 
+def reference_terms_component(shape: ModelShape, s: PlanSettings) -> list[Component]:
+    """What the reference (online or cached) leaves for the loss, live through the policy's forward and backward:
+    MPO's pooled dominant hidden states and a few log-prob sums and token counts per pair (less for the DPO family)."""
+    if s.reference == "none":
+        return []
+    P, h = s.micro_batch, shape.hidden_size
+    return [Component("reference terms kept for the loss", P * (2 * h + 8) * FP32, FORWARD_BACKWARD,
+                      f"{P} pairs x (2 x {h} pooled hidden + 8 sums and counts) x 4 B")]
+
+
 def reference_gpu_components(shape: ModelShape, s: PlanSettings) -> list[Component]:
     """Online reference engine (offload_param=cpu, no optimizer), run under no_grad before the policy pass."""
     if s.reference != "online":
@@ -362,6 +374,7 @@ def plan_memory(shape: ModelShape, settings: PlanSettings) -> MemoryPlan:
                                       settings.sub_group_size, settings.grad_accum_dtype)
            + fixed_gpu_components(settings)
            + activation_components(shape, settings)
+           + reference_terms_component(shape, settings)
            + reference_gpu_components(shape, settings))
     gpu.sort(key=lambda component: PHASES.index(component.phase))  # stable: keeps the order within a phase
     return MemoryPlan(shape=shape, settings=settings, gpu=tuple(gpu), cpu=tuple(cpu_components(shape, settings)))

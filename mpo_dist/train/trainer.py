@@ -127,13 +127,15 @@ class Trainer:
 
     # ---- one step -----------------------------------------------------------------------------------------------
     def micro_step(self, batch: Batch, mlc_weight: float) -> LossOutput:
-        policy_out = self.policy.forward(batch)
+        # The frozen reference runs first (no grad): its gathered parameters and workspace are freed before the policy's
+        # activations exist, and only its small per-pair terms live on. docs/plan.md's memory phases assume this order.
         plan = ReferencePlan.for_loss(self.loss, batch)
         terms = None
         if isinstance(self.reference, ReferenceCache):
             terms = self.reference.terms(batch)
         elif self.reference is not None and plan.rows:
             terms = reference_terms(self.reference.forward(batch, plan.rows), plan, batch, self.loss)
+        policy_out = self.policy.forward(batch)
         base = self.loss(preference_inputs(policy_out, terms, batch, self.loss))
         mlc = self.config.mlc
         out = total_loss(base, policy_out, batch, mlc_weight, mlc.tau, mlc.eps)
