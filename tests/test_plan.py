@@ -302,6 +302,47 @@ def test_planner_counts_the_bucket_a_live_engine_allocates_from_the_default_temp
     assert {c["component"]: c["bytes"] for c in components}["gradient reduce bucket"] == live["reduce_bucket"]
 
 
+# --- the 70B templates as DeepSpeed reads them -------------------------------------------------------------------
+
+class _DataParallel:
+    """The one thing DeepSpeedConfig asks a model-parallel unit: how many data-parallel ranks there are."""
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+
+    def get_data_parallel_world_size(self) -> int:
+        return self.world_size
+
+
+@pytest.mark.parametrize("template, offload", [("zero3_70b", False), ("zero3_70b_offload_optimizer", True)])
+def test_70b_templates_resolve_in_deepspeeds_own_config_class_at_32_ranks(template, offload):
+    """What the 70B run on 4 x 8 GPUs hands DeepSpeed, parsed by DeepSpeed's DeepSpeedConfig (its validation and
+    batch arithmetic at 32 data-parallel ranks), and the settings the planner and docs/scaling.md rely on."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from mpo_dist.engine.engines import init_distributed
+
+    init_distributed()  # DeepSpeedConfig reads the world size through the process group it finds (here one rank)
+    config = load_config(REPO_ROOT / "configs" / "llama-3.1-70b-mpo.yaml",
+                         ["model.path=/models/placeholder", f"engine.policy_config=deepspeed_configs/{template}.json"])
+    rendered = render_policy_config(config, world_size=32, dtype="bf16", hidden_size=8192, on_gpu=True)
+    resolved = DeepSpeedConfig(rendered, mpu=_DataParallel(32))
+    zero = resolved.zero_config
+    micro, accumulation = config.train.micro_batch_size, config.train.gradient_accumulation
+    assert (resolved.train_batch_size, resolved.train_micro_batch_size_per_gpu) == (32 * micro * accumulation, micro)
+    assert resolved.gradient_accumulation_steps == accumulation and resolved.bfloat16_config.enabled
+    assert resolved.grad_accum_dtype == PlanSettings(1, 1, 1, 1).grad_accum_dtype == "fp32"
+    assert (zero.stage, zero.reduce_bucket_size, zero.prefetch_bucket_size) == (3, 500_000_000, 1_000_000_000)
+    assert (zero.max_live_parameters, zero.sub_group_size, zero.param_persistence_threshold) == (
+        2_000_000_000, 1_000_000_000, 10 * 8192)
+    assert zero.overlap_comm and zero.contiguous_gradients and not zero.gather_16bit_weights_on_model_save
+    if offload:
+        assert zero.offload_optimizer.device == "cpu" and zero.offload_optimizer.pin_memory
+    else:
+        assert zero.offload_optimizer is None
+    assert resolved.optimizer_params["lr"] == config.optim.lr and resolved.gradient_clipping == config.optim.max_grad_norm
+
+
 @pytest.mark.parametrize("template", ["zero3_policy", "zero3_8b_1node", "zero3_70b", "zero3_70b_offload_optimizer"])
 def test_planner_default_gradient_dtype_is_the_shipped_templates(template):
     rendered = json.loads((REPO_ROOT / "deepspeed_configs" / f"{template}.json").read_text())
