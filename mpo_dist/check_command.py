@@ -39,11 +39,10 @@ def register(subparsers) -> None:
 def check_resume(config: Config, report: CheckReport) -> None:
     """The tag `checkpoint.resume` names, verified as train verifies it (train.checkpoint.resolve_resume; one process
     here, so it reads the whole tag)."""
-    from mpo_dist.check.preflight import CHECKPOINTS_DIR
     from mpo_dist.train.checkpoint import resolve_resume
 
     try:
-        resume_dir = resolve_resume(config.checkpoint.resume, config.output_dir / CHECKPOINTS_DIR)
+        resume_dir = resolve_resume(config.checkpoint.resume, config.checkpoints_dir)
     except UserError as error:
         report.error(str(error))
         return

@@ -164,6 +164,11 @@ class Config:
     def output_dir(self) -> Path:
         return Path(self.train.output_dir)
 
+    @property
+    def checkpoints_dir(self) -> Path:
+        """Where the run's checkpoint tags go, and where `checkpoint.resume: auto` looks."""
+        return self.output_dir / "checkpoints"
+
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("auto", *DTYPE_CHOICES),

@@ -31,9 +31,6 @@ from mpo_dist.errors import UserError
 from mpo_dist.losses import build_loss
 from mpo_dist.runtime import resolve_dtype
 
-CHECKPOINTS_DIR = "checkpoints"
-
-
 @dataclass
 class RunInputs:
     """The pre-flight's findings plus what it built; fields stay None / empty where an error stopped the build."""
@@ -65,6 +62,7 @@ def launch_context() -> LaunchContext:
 
 
 def reference_needed(config: Config) -> bool:
+    """Whether the loss reads reference terms (then a reference engine or cache is built)."""
     loss = build_loss(config.loss.name, config.loss.options())
     return loss.needs_reference or loss.needs_anchor
 

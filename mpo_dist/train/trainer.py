@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from mpo_dist.check.preflight import CHECKPOINTS_DIR, launch_context, preflight, reference_needed
+from mpo_dist.check.preflight import launch_context, preflight, reference_needed
 from mpo_dist.config import Config, to_dict
 from mpo_dist.data.collate import Batch, PreferenceCollator
 from mpo_dist.data.sampler import ResumableDistributedSampler
@@ -77,7 +77,7 @@ class Trainer:
             log.warning("%s", warning)
         seed_everything(config.train.seed)
         self.output_dir = config.output_dir
-        self.resume_dir = resolve_resume(config.checkpoint.resume, self.output_dir / CHECKPOINTS_DIR)
+        self.resume_dir = resolve_resume(config.checkpoint.resume, config.checkpoints_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
         self.loss = build_loss(config.loss.name, config.loss.options())
@@ -90,7 +90,7 @@ class Trainer:
         )
         self.total_steps = inputs.total_steps
         self.dtype_name = inputs.dtype_name
-        self.checkpoints = CheckpointManager(self.output_dir / CHECKPOINTS_DIR, config.checkpoint.keep_last, self.ctx.rank)
+        self.checkpoints = CheckpointManager(config.checkpoints_dir, config.checkpoint.keep_last, self.ctx.rank)
         self.policy, self.reference = self._build_engines(inputs.model.hf_config.hidden_size, inputs.reference_cache)
         log.info("%d training examples (%d of %d sequences truncated), %d eval examples, %d optimiser steps, world size "
                  "%d, dtype %s, loss %s%s", len(self.train_examples), inputs.token_counts.truncated,
