@@ -123,6 +123,24 @@ def test_json_errors_name_the_line_and_an_empty_file(tmp_path: Path) -> None:
         load(empty_lines)
 
 
+def test_unreadable_files_are_data_errors(tmp_path: Path) -> None:
+    """Not UTF-8, a directory that is not a saved dataset, a corrupt Parquet file: each names the file, no traceback."""
+    latin = tmp_path / "latin1.jsonl"
+    latin.write_bytes(json.dumps(UNIFIED).encode() + b"\n" + '{"id": "caf\u00e9"}'.encode("latin-1") + b"\n")
+    with pytest.raises(DataError, match=r"latin1.jsonl, row 2: not UTF-8 text \(byte 12 of the line\)$"):
+        load(latin)
+    assert [r.id for r in load(latin, skip=True)] == ["a1"]
+    folder = tmp_path / "not-a-dataset"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match=r"not-a-dataset: cannot be read as a datasets directory \(Dataset.save_to_disk\): "):
+        load(folder)
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(DataError, match=r"broken.parquet: cannot be read as a Parquet file: "):
+        load(broken)
+
+
 def test_no_second_row_number_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A row that breaks the file's schema (chosen a list, not a mapping) is reported once, with our 1-based row;
     nothing else (the datasets library used to log its own 0-based row and an Arrow cast error first)."""

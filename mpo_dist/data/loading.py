@@ -10,7 +10,7 @@ import json
 import logging
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from mpo_dist.config import DataFile
 from mpo_dist.data.adapters import row_reader
@@ -34,7 +34,10 @@ def resolve_path(path: str) -> Path:
 
 def _json_list_rows(path: Path) -> Iterator[tuple[int, object]]:
     """Records of a .json file (one list): row N is the N-th record; a syntax error names the text line, not a row."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(str(path), None, None, f"not UTF-8 text (byte {error.start + 1})") from None
     if not text.strip():
         raise DataError(str(path), None, None, "empty file; expected a JSON list of records")
     try:
@@ -50,14 +53,37 @@ def _json_list_rows(path: Path) -> Iterator[tuple[int, object]]:
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
     """Rows of a .jsonl file, row N = text line N (blank lines are skipped but counted, so N is the line an editor
     shows); a line of bad JSON is yielded as a DataError naming it, so data.skip_bad_rows can skip it."""
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for line_number, raw_line in enumerate(handle, start=1):
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield line_number, DataError(str(path), line_number, None, f"not UTF-8 text (byte {error.start + 1} of the line)")
+                continue
             if not line.strip():
                 continue
             try:
                 yield line_number, json.loads(line)
             except json.JSONDecodeError as error:
                 yield line_number, DataError(str(path), line_number, None, f"invalid JSON (column {error.colno}): {error.msg}")
+
+
+def _columnar(path: Path) -> Iterable[dict]:
+    """A Parquet file or a `datasets` directory as a Dataset; a file datasets / Arrow cannot read is a DataError."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    what = "a datasets directory (Dataset.save_to_disk)" if path.is_dir() else "a Parquet file"
+    try:
+        loaded = (datasets.load_from_disk(str(path)) if path.is_dir()
+                  else datasets.load_dataset("parquet", data_files=str(path), split="train"))
+    except (OSError, ValueError) as error:  # FileNotFoundError for a directory of something else, ArrowInvalid
+        raise DataError(str(path), None, None, f"cannot be read as {what}: {(str(error).splitlines() or [''])[0]}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded:
+            raise DataError(str(path), None, None, f"a DatasetDict needs a 'train' split, found {list(loaded)}")
+        loaded = loaded["train"]
+    return loaded
 
 
 def _rows(path: Path) -> Iterator[tuple[int, object]]:
@@ -67,20 +93,9 @@ def _rows(path: Path) -> Iterator[tuple[int, object]]:
     if path.suffix == ".json" and not path.is_dir():
         yield from _json_list_rows(path)
         return
-    import datasets
-
-    datasets.disable_progress_bars()
-    if path.is_dir():
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            if "train" not in loaded:
-                raise DataError(str(path), None, None, f"a DatasetDict needs a 'train' split, found {list(loaded)}")
-            loaded = loaded["train"]
-    elif path.suffix == ".parquet":
-        loaded = datasets.load_dataset("parquet", data_files=str(path), split="train")
-    else:
+    if not path.is_dir() and path.suffix != ".parquet":
         raise DataError(str(path), None, None, "unsupported file type; expected .jsonl, .json, .parquet or a datasets directory")
-    for row_number, row in enumerate(loaded, start=1):
+    for row_number, row in enumerate(_columnar(path), start=1):
         yield row_number, row
 
 
