@@ -24,6 +24,8 @@ from mpo_dist.train.evaluate import reward_gaps
 from mpo_dist.train.step import ReferencePlan, pooled_hidden, preference_inputs, reference_terms, total_loss
 from mpo_dist.train.trainer import Trainer
 
+from conftest import read_jsonl
+
 FAMILIES = [("llama", "sdpa"), ("qwen2", "sdpa"), ("gemma2", "eager")]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the GPU session runs these on a GPU
 SLIDING_WINDOW = 5  # Gemma-2: shorter than most test sequences, so the window cuts inside every packed sequence
@@ -239,10 +241,17 @@ def test_trainer_first_step_loss_equals_padded(tiny_models: dict[str, Path], tmp
             "train.micro_batch_size=2", "data.max_length=96", "data.max_prompt_length=48", "data.eval_files=[]",
             "loss.name=mpo", "loss.mpo.beta=1.5", "mlc.enabled=true", "mlc.dim=16", "mlc.languages=[en,zh,bn]",
             "logging.progress_bar=false", "logging.tensorboard=false", f"data.packing={str(packing).lower()}",
+            "model.dtype=fp32",  # also on a GPU (the GPU session runs this file), where auto would be bf16
         ])
         result = Trainer(config).train()
         assert result.exit_code == 0 and result.steps_done == 1
         return result.losses[0]
 
+    def live_fraction(packing: bool) -> float:
+        rows = read_jsonl(tmp_path / str(packing) / "metrics.jsonl")
+        return next(row["train/head/live_fraction"] for row in rows if row["step"] == 1)
+
     padded, packed = first_loss(False), first_loss(True)
     assert packed == pytest.approx(padded, rel=1e-5)
+    # the same live positions (the training pair's responses) out of fewer positions when packed
+    assert 0 < live_fraction(False) < live_fraction(True) < 1
