@@ -129,6 +129,14 @@ def test_checkpoints_without_a_record_still_load_and_truncation_is_still_found(
         resolve_resume(str(tag(run, 2)), run / "checkpoints")
 
 
+def test_an_unreadable_marker_is_a_damaged_tag(run: Path, caplog: pytest.LogCaptureFixture) -> None:
+    marker = tag(run, STEPS) / "COMPLETE"
+    marker.write_text(marker.read_text()[:40])  # cut off by a copy
+    with caplog.at_level(logging.WARNING, logger="mpo_dist"):
+        assert resolve_resume("auto", run / "checkpoints") == tag(run, 2)
+    assert f"{marker} is not a valid marker" in caplog.text
+
+
 def test_resume_at_the_checkpoint_folder_lists_its_tags(run: Path) -> None:
     folder = run / "checkpoints"
     with pytest.raises(CheckpointError, match=f"{folder} is a checkpoint folder, not a checkpoint tag; complete tags in "

@@ -70,7 +70,8 @@ def verified_problems(tag_dir: Path) -> tuple[list[str], bool]:
     and whether the marker held a file record."""
     rank, world_size = _rank_and_world()
     checks = _gather(verify(tag_dir, rank=rank, world_size=world_size))
-    return [p for check in checks for p in check.problems], checks[0].recorded
+    problems = dict.fromkeys(p for check in checks for p in check.problems)  # an unreadable marker: once, not per rank
+    return list(problems), checks[0].recorded
 
 
 def resume_candidates(root: Path) -> list[Path]:
@@ -127,11 +128,13 @@ def _newest_intact(root: Path) -> Path | None:
 def _refuse_incomplete(path: Path) -> None:
     """The error for an explicit --resume at a directory without a COMPLETE marker, saying what it is instead."""
     complete = [d.name for d in tag_dirs(path) if is_complete(d)]
-    if complete or (path / LATEST_FILE).is_file():
-        found = ", ".join(complete) if complete else "none yet"
+    if complete:
         raise CheckpointError(f"checkpoint.resume: {path} is a checkpoint folder, not a checkpoint tag; complete tags in it: "
-                              f"{found}. Pass one of them (e.g. --resume {path / (complete[-1] if complete else tag_for(200))}) "
-                              "or --resume auto for the newest intact one")
+                              f"{', '.join(complete)}. Pass one of them (e.g. --resume {path / complete[-1]}) or "
+                              "--resume auto for the newest intact one")
+    if tag_dirs(path) or (path / LATEST_FILE).is_file():
+        raise CheckpointError(f"checkpoint.resume: {path} is a checkpoint folder, not a checkpoint tag, and holds no "
+                              "complete tag; --resume auto starts from scratch when there is none")
     if not looks_like_tag(path):
         raise CheckpointError(f"checkpoint.resume: {path} is not a checkpoint tag directory (no COMPLETE marker and no "
                               f"DeepSpeed *_model_states.pt); expected e.g. <output_dir>/checkpoints/{tag_for(200)}")
