@@ -22,7 +22,7 @@ from mpo_dist.engine.offline_export import read_client_state
 from mpo_dist.train.checkpoint import resolve_resume
 from mpo_dist.train.trainer import Trainer
 
-from conftest import read_jsonl
+from conftest import REPO_ROOT, read_jsonl, train_cli
 
 STEPS = 4
 SHARD = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
@@ -186,3 +186,17 @@ def test_full_disk_stops_with_one_error_keeps_the_previous_tag_and_resume_works(
     assert train(tiny_models["llama"], run, resume="auto") == 0
     assert read_jsonl(run / "samples.jsonl") == read_jsonl(finished / "samples.jsonl")
     assert (run / "COMPLETED").is_file() and (small_disk / "latest").read_text() == f"step_{STEPS:08d}"
+
+
+@pytest.mark.multiprocess
+def test_full_disk_on_two_ranks_stops_every_rank_with_the_error(small_disk: Path, tiny_models: dict[str, Path]) -> None:
+    """A rank whose write fails must still meet the others in DeepSpeed's collectives after the writes; if it did not,
+    they would wait for it until the collective timeout (60 s here) and end with a timeout instead of this error."""
+    run = small_disk.parent
+    result = train_cli(2, settings(tiny_models["llama"], run), REPO_ROOT, check=False,
+                       env={"MPO_DIST_COLLECTIVE_TIMEOUT_S": "60"})
+    errors = [line for line in result.stderr.splitlines() if "mpo-dist train: error:" in line]
+    assert result.returncode != 0 and len(errors) == 2, result.stderr[-4000:]  # one line from each rank
+    assert all(f"could not write checkpoint {tag(run, STEPS)}" in line for line in errors), errors
+    assert sorted(p.name for p in small_disk.iterdir() if p.name.startswith("step_")) == ["step_00000002"]
+    assert (small_disk / "latest").read_text() == "step_00000002" and verify(tag(run, 2)).problems == []
