@@ -14,8 +14,9 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
+from mpo_dist.cli import main as cli_main
 from mpo_dist.data.packing import IGNORE_INDEX
-from mpo_dist.models.gguf_import import SMOLLM2_135M, import_packaged
+from mpo_dist.models.gguf_import import SMOLLM2_135M, GgufImportError, PackagedGguf, convert_gguf, import_packaged
 from mpo_dist.models.tokenizer import load_tokenizer
 
 from conftest import REPO_ROOT, torchrun
@@ -40,6 +41,17 @@ def test_import_is_an_ordinary_tied_llama_directory_with_a_chatml_template(smoll
     assert rendered.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
     assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|im_end|>", "<|im_end|>")
     assert import_packaged(SMOLLM2_135M) == smollm2  # the second call reuses the cache
+
+
+def test_import_mistakes_are_one_line_user_errors(smollm2: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    missing = PackagedGguf("no-such-distribution-mpo-dist", "x.gguf", install_hint="pip install it")
+    with pytest.raises(GgufImportError, match="'no-such-distribution-mpo-dist' is not installed: pip install it"):
+        import_packaged(missing, cache_root=tmp_path)
+    with pytest.raises(GgufImportError, match="already exists"):
+        convert_gguf(SMOLLM2_135M.path(), smollm2)
+    assert cli_main(["import-gguf", str(tmp_path / "absent.gguf"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"GGUF file {tmp_path / 'absent.gguf'} does not exist")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
 
 
 @pytest.mark.multiprocess
