@@ -368,8 +368,8 @@ def _check_languages(config: Config) -> None:
 
 def _check_reference_cache_settings(config: Config) -> None:
     if not config.engine.reference_cache:
-        raise ConfigError("engine.reference_cache: engine.reference=cache needs the directory written by "
-                          "`mpo-dist precompute-ref`")
+        raise ConfigError("engine.reference_cache: engine.reference=cache needs the cache directory; set this key "
+                          "(precompute-ref writes there, or to its --out DIR)")
     options = config.loss.options()
     if config.loss.name == "mpo" and options.alpha > 0 and options.pooling == "all_positions":
         raise ConfigError("engine.reference=cache: loss.mpo.pooling=all_positions averages over the batch's padding, which "
