@@ -56,18 +56,21 @@ def run(args: argparse.Namespace) -> int:
     from mpo_dist.check.memory_plan import check_memory
     from mpo_dist.check.preflight import preflight
     from mpo_dist.check.report import CheckReport
-    from mpo_dist.eval.reference_gap import check_reference_gap
     from mpo_dist.config import ConfigError, load_config
+    from mpo_dist.eval.reference_gap import check_reference_gap
 
     overrides = list(args.set or []) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
+    gpus_per_node = 1 if args.gpus_per_node is None else args.gpus_per_node
     try:
+        if args.nodes < 1 or gpus_per_node < 1 or args.reference_gap < 0:
+            raise ConfigError(f"--nodes {args.nodes}, --gpus-per-node {gpus_per_node}, --reference-gap "
+                              f"{args.reference_gap}: expected at least 1, 1 and 0")
         config = load_config(args.config, overrides)
     except ConfigError as error:
         report = CheckReport()
         report.error(str(error))
         print(report.render())
         return EXIT_USER_ERROR
-    gpus_per_node = args.gpus_per_node or 1
     on_gpu = not args.cpu and (args.gpus_per_node is not None or torch.cuda.is_available())
     inputs = preflight(config, world_size=args.nodes * gpus_per_node, on_gpu=on_gpu)
     report = inputs.report
