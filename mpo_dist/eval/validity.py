@@ -10,7 +10,8 @@ report shows it apart. The rules are deliberately simple and documented in docs/
 3. under half of the letters are in a script of the prompt's language or of the fallback language (models often answer
    in English, which is judged as English): a Bengali prompt answered in Devanagari or Chinese is invalid;
 4. degenerate repetition: of the response's word (or, for text with fewer than MIN_UNITS words, letter) trigrams, under
-   half are distinct.
+   half are distinct;
+5. echo: at least half of the response's trigrams occur in the prompt (the model repeats the question back).
 """
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ NO_LETTERS = "no letters"
 MOSTLY_NON_LETTERS = "mostly non-letters"
 WRONG_SCRIPT = "wrong script"
 REPETITION = "repetition"
+ECHO = "echo"
 
 MIN_LETTER_SHARE = 0.5  # letters / non-space characters
 MIN_SCRIPT_SHARE = 0.5  # letters in an expected script / letters
 NGRAM = 3
 MIN_DISTINCT_NGRAM_SHARE = 0.5  # distinct trigrams / trigrams
 MIN_UNITS = 8  # fewer words (or letters) than this are too short to call repetitive
+MAX_ECHO_SHARE = 0.5  # response trigrams found in the prompt / response trigrams, at or above which it is an echo
 
 # Scripts by the first word of a character's Unicode name ("LATIN SMALL LETTER A", "CJK UNIFIED IDEOGRAPH-4E00").
 _HAN = frozenset({"CJK", "IDEOGRAPHIC"})
@@ -48,24 +51,45 @@ def _script(char: str) -> str:
     return unicodedata.name(char, "").split(" ", 1)[0]
 
 
+def _words(text: str) -> list[str]:
+    """The letters of each whitespace-separated word that has any (punctuation and digits dropped), case-folded."""
+    letters = ("".join(char for char in word if _is_letter(char)) for word in text.casefold().split())
+    return [word for word in letters if word]
+
+
+def _letters(text: str) -> list[str]:
+    return [char for char in text.casefold() if _is_letter(char)]
+
+
 def repetition_units(text: str) -> list[str]:
     """Words that contain a letter; for text with fewer than MIN_UNITS of them (Chinese, Japanese, Thai, one long
     "word" of gibberish), the letters one by one."""
-    words = [word for word in text.casefold().split() if any(_is_letter(char) for char in word)]
-    if len(words) >= MIN_UNITS:
-        return ["".join(char for char in word if _is_letter(char)) for word in words]
-    return [char for char in text.casefold() if _is_letter(char)]
+    words = _words(text)
+    return words if len(words) >= MIN_UNITS else _letters(text)
+
+
+def _ngrams(units: list[str], n: int = NGRAM) -> list[tuple[str, ...]]:
+    return [tuple(units[i:i + n]) for i in range(len(units) - n + 1)]
 
 
 def distinct_ngram_share(units: list[str], n: int = NGRAM) -> float:
     """Distinct n-grams / n-grams; 1.0 when there are none."""
-    ngrams = [tuple(units[i:i + n]) for i in range(len(units) - n + 1)]
+    ngrams = _ngrams(units, n)
     return len(set(ngrams)) / len(ngrams) if ngrams else 1.0
 
 
-def invalid_reason(response: str, language: str, fallback_language: str = "en") -> str | None:
-    """Which rule makes `response` no usable answer in `language`, or None when it is one. The script rule is skipped
-    for a language without an entry in LANGUAGE_SCRIPTS."""
+def echo_share(response: str, prompt: str) -> float:
+    """Share of the response's trigrams that occur in the prompt, in the response's units (words, or letters for text
+    of fewer than MIN_UNITS words); 0.0 when the response has none."""
+    words = len(_words(response)) >= MIN_UNITS
+    response_ngrams = _ngrams(_words(response) if words else _letters(response))
+    prompt_ngrams = set(_ngrams(_words(prompt) if words else _letters(prompt)))
+    return sum(ngram in prompt_ngrams for ngram in response_ngrams) / len(response_ngrams) if response_ngrams else 0.0
+
+
+def invalid_reason(response: str, language: str, fallback_language: str = "en", prompt: str = "") -> str | None:
+    """Which rule makes `response` (to `prompt`) no usable answer in `language`, or None when it is one. The script rule
+    is skipped for a language without an entry in LANGUAGE_SCRIPTS, the echo rule without a prompt."""
     text = unicodedata.normalize("NFKC", response)
     visible = [char for char in text if not char.isspace()]
     letters = [char for char in visible if _is_letter(char)]
@@ -82,4 +106,6 @@ def invalid_reason(response: str, language: str, fallback_language: str = "en") 
     units = repetition_units(text)
     if len(units) >= MIN_UNITS and distinct_ngram_share(units) < MIN_DISTINCT_NGRAM_SHARE:
         return REPETITION
+    if len(units) >= MIN_UNITS and echo_share(text, unicodedata.normalize("NFKC", prompt)) >= MAX_ECHO_SHARE:
+        return ECHO
     return None
