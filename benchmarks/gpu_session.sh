@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_session.sh "$OUT" kernel        # kernel vs peers, all rows live, N = 16384 and the train-step
 #                                                        #   batch's 3072 live rows                          (~1 min)
 #   bash benchmarks/gpu_session.sh "$OUT" tests         # kernel tests compiled on the GPU, packed == padded with
-#                                                        #   flex_attention, the compacted head vs full logits (~2 min)
+#                                                        #   flex_attention, the compacted head vs full logits (~2-4 min)
 #   bash benchmarks/gpu_session.sh "$OUT" sweep         # tile-config sweep of the Triton kernel            (~1.5 min)
 #   bash benchmarks/gpu_session.sh "$OUT" train         # MPO train step, --rounds 3, + a profile per method (~9 min)
 #   bash benchmarks/gpu_session.sh "$OUT" train-varlen  # lengths 256..1024, packing on                     (~3 min)
