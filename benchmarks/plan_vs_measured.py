@@ -264,7 +264,8 @@ def _row(label: str, planned: int, measured: int | None) -> str:
     if measured is None:
         return f"| {label} | {planned / GIB:.2f} | n/a | |"
     error = measured / planned - 1
-    return f"| {label} | {planned / GIB:.2f} | {measured / GIB:.2f} | {100 * error:+.1f} %{'' if abs(error) <= GOAL else ' **over 10 %**'} |"
+    verdict = "" if abs(error) <= GOAL else " **over 10 %**"
+    return f"| {label} | {planned / GIB:.2f} | {measured / GIB:.2f} | {100 * error:+.1f} %{verdict} |"
 
 
 def table(result: dict) -> str:
