@@ -11,6 +11,9 @@
 #   bash benchmarks/gpu_session.sh "$OUT" sweep         # tile-config sweep of the Triton kernel            (~1.5 min)
 #   bash benchmarks/gpu_session.sh "$OUT" train         # MPO train step, --rounds 3, + a profile per method (~9 min)
 #   bash benchmarks/gpu_session.sh "$OUT" train-varlen  # lengths 256..1024, packing on                     (~3 min)
+#   bash benchmarks/gpu_session.sh "$OUT" plan          # issue 13: planned vs measured memory, three configurations
+#                                                        #   (1.5B, 3B offload, 8B one GPU); `plan --configs 8b-cache`
+#                                                        #   runs one (docs/plan.md)
 #   bash benchmarks/gpu_session.sh "$OUT" kernel,tests,train-varlen   # several parts in one device call, in that order
 #   bash benchmarks/gpu_session.sh "$OUT" kernel,tests,train,train-varlen --cpu-smoke   # check this script on a CPU
 # Arguments after the parts go to every benchmark script run (e.g. `train --methods mpo-dist-no-ckpt naive`), except
@@ -18,8 +21,8 @@
 # STEP_TIMEOUT (seconds, default 540) bounds each step, so one hung step cannot eat a whole device call.
 # Full logs go to OUT; the tables are printed last. The exit status is the number of failed steps.
 set -uo pipefail
-out=${1:?usage: gpu_session.sh OUT_DIR kernel|tests|sweep|train|train-varlen[,...] [--cpu-smoke] [ARGS...]}
-parts=${2:?usage: gpu_session.sh OUT_DIR kernel|tests|sweep|train|train-varlen[,...] [--cpu-smoke] [ARGS...]}
+out=${1:?usage: gpu_session.sh OUT_DIR kernel|tests|sweep|train|train-varlen|plan[,...] [--cpu-smoke] [ARGS...]}
+parts=${2:?usage: gpu_session.sh OUT_DIR kernel|tests|sweep|train|train-varlen|plan[,...] [--cpu-smoke] [ARGS...]}
 shift 2
 smoke=0
 args=()  # the rest goes to the benchmark scripts
@@ -84,8 +87,13 @@ for part in ${parts//,/ }; do
         --min-length 256 --packing on --json "$out/train_step_varlen.json" "${train_smoke[@]}" "${args[@]}"
       tail -n 12 "$out/train_step_varlen.log"
       ;;
+    plan)
+      step "planned vs measured memory" plan_vs_measured.log python3 benchmarks/plan_vs_measured.py \
+        --json "$out/plan_vs_measured.json" "${train_smoke[@]}" "${args[@]}"
+      sed -n '/^### /,$p' "$out/plan_vs_measured.log"
+      ;;
     *)
-      echo "unknown part '$part': expected kernel, tests, sweep, train or train-varlen"; exit 2 ;;
+      echo "unknown part '$part': expected kernel, tests, sweep, train, train-varlen or plan"; exit 2 ;;
   esac
 done
 exit "$failures"

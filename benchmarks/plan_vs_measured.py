@@ -24,7 +24,7 @@ Configurations (each stresses different terms of the plan):
                 (deepspeed_configs/zero3_70b_offload_optimizer.json) and the reference online (host-heavy).
   8b-cache      a Llama-3.1-8B-shaped model on one GPU: bf16 gradient accumulation and the reference cache
                 (deepspeed_configs/zero3_single_gpu.json; `mpo-dist precompute-ref` is run first). Optimizer offload
-                does not fit an 8B model on a 128 GiB host (the planner: 154 GiB), so this is the one-GPU recipe.
+                does not fit an 8B model on a 128 GiB host (the planner: 139 GiB), so this is the one-GPU recipe.
 
     python benchmarks/plan_vs_measured.py                       # CUDA: the three configurations, a Markdown table
     python benchmarks/plan_vs_measured.py --configs 8b-cache    # a subset

@@ -117,7 +117,7 @@ def test_deepspeed_templates_have_every_auto_filled(tmp_path: Path) -> None:
     assert policy["train_batch_size"] == 2 * 4 * 8 and policy["gradient_clipping"] == 0.5
     assert policy["bf16"]["enabled"] is True and policy["fp16"]["enabled"] is False
     assert policy["optimizer"]["params"]["lr"] == 3e-4
-    assert policy["zero_optimization"]["reduce_bucket_size"] == 4096 * 4096  # "auto" in the template: hidden²
+    assert policy["zero_optimization"]["reduce_bucket_size"] == 500_000_000  # set in the template, not "auto"
     reference = render_reference_config(config, world_size=8, dtype="fp32", hidden_size=64, on_gpu=False)
     assert reference["zero_optimization"]["offload_param"] == {"device": "cpu", "pin_memory": False}
     assert reference["zero_optimization"]["stage3_prefetch_bucket_size"] == int(0.9 * 64 * 64)

@@ -25,7 +25,7 @@ from mpo_dist.plan import (
 from mpo_dist.kernels.backward_budget import backward_temporary_bytes
 from mpo_dist.plan.command import register
 from mpo_dist.config import load_config
-from mpo_dist.engine.ds_config import render_policy_config
+from mpo_dist.engine.ds_config import render_policy_config, with_reduce_bucket_capped
 from mpo_dist.plan.memory import (
     FORWARD_BACKWARD,
     GIB,
@@ -285,21 +285,34 @@ def _default_policy_template(hidden_size: int) -> dict:
     return render_policy_config(config, world_size=1, dtype="bf16", hidden_size=hidden_size, on_gpu=True)
 
 
-@pytest.mark.parametrize("model, hidden_size", [("tiny", 64), ("8b", 4096), ("70b", 8192)])
-def test_default_template_sizes_the_reduce_bucket_from_the_model(shapes, model, hidden_size):
-    """DeepSpeed allocates the whole reduce bucket up front; the default template's fixed 5e8 elements were 2,500 x
-    the tiny model's parameters. Sized from the model it is hidden², below the parameter count at every size."""
-    bucket = _default_policy_template(shapes[model].hidden_size)["zero_optimization"]["reduce_bucket_size"]
-    assert bucket == hidden_size * hidden_size < shapes[model].total_params
+@pytest.mark.parametrize("model, elements", [("tiny", TINY_PARAMS), ("8b", 500_000_000), ("70b", 500_000_000)])
+def test_the_default_templates_bucket_is_capped_at_the_parameter_count(shapes, model, elements):
+    """DeepSpeed allocates the whole reduce bucket up front; the default template's 5e8 elements are 2,500 x the tiny
+    model's parameters. The engine gets min(5e8, parameters), and the planner charges that, 2 B per element."""
+    shape = shapes[model]
+    rendered = _default_policy_template(shape.hidden_size)
+    assert rendered["zero_optimization"]["reduce_bucket_size"] == 500_000_000  # the template's, for throughput
+    capped = with_reduce_bucket_capped(rendered, shape.total_params)
+    assert capped["zero_optimization"]["reduce_bucket_size"] == elements
+    planned = _bytes_by_name(plan_memory(shape, PlanSettings(1, 1, 80, 64, reduce_bucket_size=500_000_000)).gpu)
+    assert planned["gradient reduce bucket"] == 2 * elements
 
 
-def test_planner_counts_the_bucket_a_live_engine_allocates_from_the_default_template(tiny_config_path, capsys):
-    live = _live_engine(_default_policy_template(TINY_CONFIG["hidden_size"]))
-    assert live["reduce_bucket"] == 2 * 64 * 64  # bf16 elements, by hand
+def test_plan_auto_bucket_is_what_auto_renders(tiny_config_path, capsys):
     assert _cli(["plan", "--model", str(tiny_config_path), "--nodes", "1", "--gpus-per-node", "1", "--gpu-mem", "80",
                  "--cpu-mem", "64", "--reduce-bucket-size", "auto", "--json"]) == 0
     components = json.loads(capsys.readouterr().out)["gpu_per_gpu"]["components"]
-    assert {c["component"]: c["bytes"] for c in components}["gradient reduce bucket"] == live["reduce_bucket"]
+    assert {c["component"]: c["bytes"] for c in components}["gradient reduce bucket"] == 2 * 64 * 64
+
+
+def test_the_trainers_engine_allocates_the_bucket_the_planner_charges(tiny_trainer, tiny_models):
+    """The real policy engine (default template, tiny Llama, fp32 on the CPU): its bucket holds as many elements as
+    the planner charges for (2 B each in the planner's bf16), not the template's 5e8."""
+    buckets = tiny_trainer.policy.engine.optimizer.ipg_buckets.values()
+    live_elements = sum(bucket.buffer.numel() for bucket in buckets)
+    shape = load_model_shape(str(tiny_models["llama"]))
+    planned = _bytes_by_name(plan_memory(shape, PlanSettings(1, 1, 80, 64)).gpu)["gradient reduce bucket"]
+    assert live_elements == planned // 2 == shape.total_params < 500_000_000
 
 
 # --- the 70B templates as DeepSpeed reads them -------------------------------------------------------------------
@@ -381,16 +394,21 @@ class SavedActivations:
         return packed.tensor if isinstance(packed, _Held) else packed
 
 
-def test_the_step_runs_the_planners_phases_in_order_each_freed_before_the_next(tiny_models, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_trainer(tiny_models, tmp_path_factory) -> Trainer:
+    """The real trainer on the tiny Llama: MPO, online reference, the default policy template, fp32 on the CPU."""
+    return Trainer(load_config(None, [
+        f"model.path={tiny_models['llama']}", f"train.output_dir={tmp_path_factory.mktemp('run')}",
+        "train.micro_batch_size=2", "data.max_length=128", "data.max_prompt_length=64", "data.eval_files=[]",
+        "loss.name=mpo", "engine.reference=online", "logging.progress_bar=false", "logging.tensorboard=false",
+    ]))
+
+
+def test_the_step_runs_the_planners_phases_in_order_each_freed_before_the_next(tiny_trainer):
     """The plan's peak is persistent + the LARGEST phase, not a sum. That holds only if Trainer.micro_step runs the
     phases in STEP_PHASES order and no policy activation is alive when the reference forward or the optimizer step
     starts: checked on the real step (online reference, MPO), whose engine calls are recorded with the live bytes."""
-    config = load_config(None, [
-        f"model.path={tiny_models['llama']}", f"train.output_dir={tmp_path}", "train.micro_batch_size=2",
-        "data.max_length=128", "data.max_prompt_length=64", "data.eval_files=[]", "loss.name=mpo",
-        "engine.reference=online", "logging.progress_bar=false", "logging.tensorboard=false",
-    ])
-    trainer = Trainer(config)
+    trainer = tiny_trainer
     saved, calls = SavedActivations(), []
 
     def recorded(phase, method):

@@ -34,12 +34,28 @@ def read_template(path: str | Path) -> dict:
         raise DeepSpeedConfigError(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from None
 
 
+DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE = 500_000_000  # zero_optimization.reduce_bucket_size when the key is absent
+
+
 def auto_reduce_bucket_size(hidden_size: int) -> int:
-    """Elements of the gradient reduce bucket, which DeepSpeed allocates whole at start-up: H², the Hugging Face
-    convention. Every decoder layer of a transformer holds at least 2 H² parameters (its q and o projections), so the
-    bucket is never larger than the model's gradients, unlike DeepSpeed's fixed 5e8 elements (a 2 GiB fp32 buffer for a
-    135M model). Multi-node templates set their own larger size for fewer collectives (docs/scaling.md)."""
+    """What "auto" renders for reduce_bucket_size: H², the Hugging Face convention."""
     return hidden_size * hidden_size
+
+
+def reduce_bucket_elements(configured: int, trainable_params: int) -> int:
+    """The reduce bucket the engine is given: DeepSpeed allocates the whole bucket at start-up, so a bucket larger
+    than all the model's gradients (5e8 elements: a 2 GiB fp32 buffer for a 135M model) is capped at the parameter
+    count. Large buckets stay as configured: fewer, larger reduces are faster (docs/benchmarks.md)."""
+    return min(configured, trainable_params)
+
+
+def with_reduce_bucket_capped(rendered: dict, trainable_params: int) -> dict:
+    """`rendered` with its reduce bucket (the template's, or DeepSpeed's default) capped by `reduce_bucket_elements`."""
+    updated = copy.deepcopy(rendered)
+    zero = updated.setdefault("zero_optimization", {})
+    configured = int(zero.get("reduce_bucket_size", DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE))
+    zero["reduce_bucket_size"] = reduce_bucket_elements(configured, trainable_params)
+    return updated
 
 
 def _fill(node: dict, key: str, value: Any) -> None:

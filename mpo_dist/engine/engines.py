@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from mpo_dist.data.collate import Batch
 from mpo_dist.data.packing import attention_implementation
+from mpo_dist.engine.ds_config import with_reduce_bucket_capped
 from mpo_dist.models.activation_checkpointing import enable_activation_checkpointing
 from mpo_dist.models.alignment_model import AlignmentModel, ModelOutputs
 
@@ -117,8 +118,9 @@ class PolicyEngine:
         import deepspeed
 
         trainable = [p for p in module.parameters() if p.requires_grad]
+        count = sum(getattr(p, "ds_numel", p.numel()) for p in trainable)  # ds_numel: the full size of a ZeRO-3 shard
         self.engine, _, _, _ = deepspeed.initialize(
-            model=module, model_parameters=trainable, config=ds_config,
+            model=module, model_parameters=trainable, config=with_reduce_bucket_capped(ds_config, count),
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor),
         )
         self.engine.train()

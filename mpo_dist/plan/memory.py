@@ -9,7 +9,8 @@ runtime/zero/stage3.py and checked against a live engine in tests/test_plan.py):
   * fp32 gradients for Adam exist only inside optimizer.step, one sub-group at a time: a flat copy of the
     sub-group's gradients (4 B x sub-group from fp32 accumulation; 2 + 4 B from half accumulation, which
     is flattened, then converted), or persistently on the CPU (4 B/param/world) with optimizer offload
-  * one gradient reduce bucket of reduce_bucket_size elements (bf16) on the GPU
+  * one gradient reduce bucket of reduce_bucket_size elements (bf16) on the GPU, capped at the parameter
+    count as PolicyEngine caps it
 GPU components are tagged with the phase of the step in which they are live. Trainer.micro_step runs the
 phases one after another (STEP_PHASES: the reference forward first, then the policy's forward and
 backward, then the optimizer step) and each frees its working memory before the next starts, so the
@@ -22,6 +23,7 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from math import ceil
 
+from mpo_dist.engine.ds_config import DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE, reduce_bucket_elements
 from mpo_dist.kernels.backward_budget import backward_temporary_bytes
 from mpo_dist.plan.model_shape import ModelShape
 
@@ -29,7 +31,6 @@ GIB = 1 << 30
 CUDA_CONTEXT_ALLOWANCE_BYTES = 3 * GIB  # CUDA/NCCL context, cuBLAS workspaces, allocator fragmentation
 HOST_RUNTIME_BYTES_PER_RANK = 4 * GIB  # Python + torch + CUDA libraries + data loading, per rank process
 REFERENCE_SEQUENCES_PER_EXAMPLE = 2  # MPO: dominant chosen + rejected; DPO family: chosen + rejected
-DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE = 500_000_000  # zero_optimization.reduce_bucket_size default (elements)
 DEEPSPEED_DEFAULT_SUB_GROUP_SIZE = 1_000_000_000  # zero_optimization.sub_group_size default (elements)
 HALF_PRECISION_DTYPES = ("bf16", "fp16")  # both 2 bytes; ZeRO-3 accounting is identical
 GRAD_ACCUM_DTYPES = ("fp32", *HALF_PRECISION_DTYPES)  # DeepSpeed's data_types.grad_accum_dtype
@@ -333,10 +334,11 @@ def reference_gpu_components(shape: ModelShape, s: PlanSettings) -> list[Compone
     ]
 
 
-def fixed_gpu_components(s: PlanSettings) -> list[Component]:
+def fixed_gpu_components(shape: ModelShape, s: PlanSettings) -> list[Component]:
+    bucket = reduce_bucket_elements(s.reduce_bucket_size, shape.total_params)
     return [
-        Component("gradient reduce bucket", HALF * s.reduce_bucket_size, PERSISTENT,
-                  f"2 B x reduce_bucket_size {s.reduce_bucket_size:,}"),
+        Component("gradient reduce bucket", HALF * bucket, PERSISTENT,
+                  f"2 B x min(reduce_bucket_size {s.reduce_bucket_size:,}, {shape.total_params:,} parameters)"),
         Component("CUDA context + fragmentation allowance", CUDA_CONTEXT_ALLOWANCE_BYTES, PERSISTENT,
                   "fixed 3 GiB"),
     ]
@@ -372,7 +374,7 @@ def cpu_components(shape: ModelShape, s: PlanSettings) -> list[Component]:
 def plan_memory(shape: ModelShape, settings: PlanSettings) -> MemoryPlan:
     gpu = (model_state_gpu_components(shape, settings.world_size, settings.offload_optimizer,
                                       settings.sub_group_size, settings.grad_accum_dtype)
-           + fixed_gpu_components(settings)
+           + fixed_gpu_components(shape, settings)
            + activation_components(shape, settings)
            + reference_terms_component(shape, settings)
            + reference_gpu_components(shape, settings))
