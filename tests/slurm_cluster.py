@@ -105,10 +105,18 @@ class SlurmCluster:
         self.command("scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=lost node (test)")
 
     def restore_node(self, node: str) -> None:
-        """Start the node's slurmd again and return it to service (a node set DOWN by hand needs RESUME)."""
+        """Start the node's slurmd again and wait until it is back in service. ReturnToService=2 usually returns it as
+        soon as it registers; if it is still DOWN, RESUME it (refused, harmlessly, once it is up)."""
         subprocess.run(["slurmd", "-N", node, "-f", self.env["SLURM_CONF"]], env=self.env, check=True, timeout=60)
-        self.command("scontrol", "update", f"NodeName={node}", "State=RESUME")
-        wait_for(lambda: self.node_in_service(node), 60, f"{node} to be back in service", poll_s=0.5)
+
+        def back_in_service() -> bool:
+            if self.node_in_service(node):
+                return True
+            subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], env=self.env, capture_output=True,
+                           timeout=60)
+            return False
+
+        wait_for(back_in_service, 60, f"{node} to be back in service", poll_s=0.5)
 
     def node_in_service(self, node: str) -> bool:
         """Answering the controller (no `*` after the state) and not down, drained or failing."""

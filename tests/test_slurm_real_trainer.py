@@ -35,6 +35,18 @@ def logs(tmp_path: Path) -> str:
     return "\n".join(f"==> {p} <==\n{p.read_text()[-3000:]}" for p in files)
 
 
+def wait_for_steps(cluster: SlurmCluster, job_id: int, tmp_path: Path, steps: int) -> None:
+    """Until the running job has logged `steps` trained steps; fails at once if the job ends first."""
+    samples = tmp_path / "run" / "samples.jsonl"
+
+    def trained() -> bool:
+        if cluster.job(job_id).get("JobState") in FINISHED_STATES:
+            raise AssertionError(f"the job ended before step {steps}\n" + logs(tmp_path))
+        return samples.is_file() and len(samples.read_text().splitlines()) >= steps
+
+    wait_for(trained, JOB_TIMEOUT_S, f"{steps} trained steps")
+
+
 def test_real_template_trains_on_two_nodes_and_checkpoints(slurm_cluster: SlurmCluster, tiny_models: dict[str, Path],
                                                           tmp_path: Path) -> None:
     job_id, run_dir = submit(slurm_cluster, tmp_path, tiny_models["llama"], steps=6)
@@ -52,12 +64,7 @@ def test_usr1_preemption_resumes_without_losing_or_repeating_samples(slurm_clust
     planned = 24
     job_id, run_dir = submit(slurm_cluster, tmp_path, tiny_models["llama"], steps=planned)
     samples = run_dir / "samples.jsonl"
-    def two_steps_trained() -> bool:
-        if slurm_cluster.job(job_id).get("JobState") in FINISHED_STATES:
-            raise AssertionError("the job ended before it could be preempted\n" + logs(tmp_path))
-        return samples.is_file() and len(samples.read_text().splitlines()) >= 2
-
-    wait_for(two_steps_trained, JOB_TIMEOUT_S, "two trained steps")
+    wait_for_steps(slurm_cluster, job_id, tmp_path, 2)
     slurm_cluster.command("scancel", "--signal=USR1", "--batch", str(job_id))
     job = slurm_cluster.wait_until_finished(job_id, JOB_TIMEOUT_S)
     assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", logs(tmp_path)
@@ -76,7 +83,7 @@ def test_lost_node_requeues_and_resumes_from_the_newest_checkpoint(slurm_cluster
     planned = EXAMPLES_PER_EPOCH // 4  # one epoch: every example exactly once
     job_id, run_dir = submit(slurm_cluster, tmp_path, tiny_models["llama"], steps=planned)
     samples = run_dir / "samples.jsonl"
-    wait_for(lambda: samples.is_file() and len(samples.read_text().splitlines()) >= 7, JOB_TIMEOUT_S, "seven trained steps")
+    wait_for_steps(slurm_cluster, job_id, tmp_path, 7)
     try:
         slurm_cluster.lose_node("node2")
         wait_for(lambda: slurm_cluster.job(job_id)["Restarts"] == "1", JOB_TIMEOUT_S, "SLURM to requeue the job")
