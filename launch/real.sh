@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
     --skip-warmup) SKIP_WARMUP=1; shift ;;
     --warmup-set) WARMUP_SETS+=(--set "$2"); shift 2 ;;
     --mpo-set) MPO_SETS+=(--set "$2"); shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "launch/real.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
