@@ -5,8 +5,8 @@ SmolLM2-135M-Instruct as Q4_1), and mpo-dist never reaches a model hub. transfor
 file into a float model; its `save_pretrained` refuses while the GGUF quantizer is attached, so the quantizer is
 detached first, and the result is the same safetensors directory every other mpo-dist command reads.
 
-Conversion took 21 s and 1.2 GiB peak memory for 135M parameters on a shared 2-core machine; the cache (keyed by the package's version) makes it
-a one-time cost. Directories appear atomically: written to a temporary sibling, then renamed.
+Conversion took 21 s and 1.2 GiB peak memory for 135M parameters on a shared 2-core machine; the cache (keyed by the
+package's version) makes it a one-time cost. Directories appear atomically: written to a temporary sibling, renamed.
 """
 from __future__ import annotations
 
