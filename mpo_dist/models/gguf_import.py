@@ -42,10 +42,10 @@ class PackagedGguf:
             raise GgufImportError(f"package {self.distribution!r} is not installed: {self.install_hint}") from None
 
     def path(self) -> Path:
+        version = self.version()  # raises the one-line error when the package is missing
         located = Path(str(importlib.metadata.distribution(self.distribution).locate_file(self.file)))
         if not located.is_file():
-            raise GgufImportError(f"package {self.distribution!r} {self.version()} has no file {self.file}: "
-                                  f"{self.install_hint}")
+            raise GgufImportError(f"package {self.distribution!r} {version} has no file {self.file}: {self.install_hint}")
         return located
 
 
