@@ -196,7 +196,9 @@ def test_full_disk_on_two_ranks_stops_every_rank_with_the_error(small_disk: Path
     result = train_cli(2, settings(tiny_models["llama"], run), REPO_ROOT, check=False,
                        env={"MPO_DIST_COLLECTIVE_TIMEOUT_S": "60"})
     errors = [line for line in result.stderr.splitlines() if "mpo-dist train: error:" in line]
-    assert result.returncode != 0 and len(errors) == 2, result.stderr[-4000:]  # one line from each rank
+    # Each rank prints the error; torchrun may stop the second one before it does (it ends the group on the first exit).
+    assert result.returncode != 0 and 1 <= len(errors) <= 2, result.stderr[-4000:]
+    assert "timeout" not in result.stderr.lower() and "timed out" not in result.stderr.lower(), result.stderr[-4000:]
     assert all(f"could not write checkpoint {tag(run, STEPS)}" in line for line in errors), errors
     assert sorted(p.name for p in small_disk.iterdir() if p.name.startswith("step_")) == ["step_00000002"]
     assert (small_disk / "latest").read_text() == "step_00000002" and verify(tag(run, 2)).problems == []
