@@ -28,10 +28,6 @@ def torchrun(nproc: int, config: Path, overrides: list[str]) -> None:
     subprocess.run(command, check=True, env=env, cwd=REPO_ROOT)
 
 
-def read_eval(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines() if line]
-
-
 def mpo_settings(run_dir: Path) -> tuple[str, float]:
     """(dominant language, beta) from the config the MPO run stored, so the table follows the config that ran."""
     config = json.loads((run_dir / "config.json").read_text())
@@ -55,7 +51,7 @@ def gap_table(before: dict[str, float], after: dict[str, float], dominant: str, 
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from mpo_dist.eval.report import write_run_report
+    from mpo_dist.eval.report import load_run_history, write_run_report
     from mpo_dist.models.tiny import init_tiny
 
     started = time.monotonic()
@@ -67,7 +63,7 @@ def run_demo(args: argparse.Namespace) -> int:
              [f"model.path={base}", f"train.output_dir={warmup}", "checkpoint.resume=none"])
     torchrun(args.nproc, REPO_ROOT / "configs/demo_mpo.yaml",
              [f"model.path={warmup / 'hf'}", f"train.output_dir={mpo}", "checkpoint.resume=none"])
-    history = read_eval(mpo)
+    history = load_run_history(mpo)
     dominant, beta = mpo_settings(mpo)
     table, all_moved = gap_table(history[0]["reward_gap"], history[-1]["reward_gap"], dominant, beta)
     minutes = (time.monotonic() - started) / 60

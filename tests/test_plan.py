@@ -478,3 +478,17 @@ def test_cli_bad_settings_are_a_clear_error(capsys):
     code = _cli(["plan", "--model", "llama-3.1-8b", "--nodes", "0", "--gpus-per-node", "8", "--gpu-mem", "80",
                  "--cpu-mem", "64"])
     assert code == 2 and "nodes must be a positive integer, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides, reference_rows", [
+    (["loss.name=mpo"], 2),  # the dominant chosen + rejected
+    (["loss.name=mpo", "loss.mpo.gap=dpo"], 4),  # + the training pair (docs/methods/mpo.md, gap "dpo")
+    (["loss.name=dpo"], 2),  # the training pair
+])
+def test_check_plans_the_reference_rows_the_loss_scores(tiny_models, overrides, reference_rows) -> None:
+    from mpo_dist.check.memory_plan import plan_settings
+
+    config = load_config(None, [f"model.path={tiny_models['llama']}", *overrides])
+    settings = plan_settings(config, nodes=1, gpus_per_node=1, dtype="bf16", hidden_size=64, gpu_mem_gib=80,
+                             cpu_mem_gib=100)
+    assert settings.reference_sequences_per_example == reference_rows

@@ -52,6 +52,12 @@ def test_import_mistakes_are_one_line_user_errors(smollm2: Path, tmp_path: Path,
     assert cli_main(["import-gguf", str(tmp_path / "absent.gguf"), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip().endswith(f"GGUF file {tmp_path / 'absent.gguf'} does not exist")
     assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+    not_gguf = tmp_path / "junk" / "model.gguf"
+    not_gguf.parent.mkdir()
+    not_gguf.write_bytes(b"not a gguf file" * 8)
+    with pytest.raises(GgufImportError, match="not a GGUF model transformers can read"):
+        convert_gguf(not_gguf, tmp_path / "junk-out")
+    assert not (tmp_path / "junk-out").exists()
 
 
 @pytest.mark.multiprocess

@@ -4,8 +4,8 @@ A segment is one sequence (a padded row, or one of several sequences packed into
 [B, T] tensors and gives each token the id of its segment, or -1 for tokens that belong to none (prompt, padding).
 The sums are one matmul with a one-hot segment matrix instead of a scatter: index_add on CUDA uses atomics, whose
 float summation order (and so the last bits) varies from run to run, while a matmul of fixed shapes gives the same bits
-every time. The one-hot matrix is [segments, tokens] in the values' dtype: 80 KB for an MPO micro-batch of 4 x 1024
-tokens, 26 MB for 100 sequences in 64k tokens.
+every time. The one-hot matrix is [segments, tokens] in the values' dtype: 1 MiB for an MPO micro-batch of 4 examples x 4
+sequences x 1024 tokens, 26 MB for 100 sequences in 64k tokens.
 """
 from __future__ import annotations
 

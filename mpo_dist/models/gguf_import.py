@@ -83,8 +83,11 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise GgufImportError(f"output directory {out_dir} already exists; choose a new one")
-    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    except (ValueError, KeyError, NotImplementedError) as error:  # gguf: "magic invalid"; transformers: unsupported arch
+        raise GgufImportError(f"{gguf_file}: not a GGUF model transformers can read: {error}") from None
     model.hf_quantizer = None  # the weights are already dequantized; this only unblocks save_pretrained
     del model.config.quantization_config  # else config.json would claim a GGUF file that the directory lacks
     out_dir.parent.mkdir(parents=True, exist_ok=True)

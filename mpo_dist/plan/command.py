@@ -64,7 +64,7 @@ def register(subparsers) -> None:
                         help="flash: memory-efficient attention (flash/SDPA); eager: keeps seq x seq scores")
     parser.add_argument("--reduce-bucket-size", type=_elements_or_auto, default=DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE,
                         help="zero_optimization.reduce_bucket_size in elements (DeepSpeed default 5e8), or auto: "
-                             "hidden size squared, what the default policy template zero3_policy.json renders")
+                             "hidden size squared, what a template's \"auto\" renders to")
     parser.add_argument("--sub-group-size", type=int, default=DEEPSPEED_DEFAULT_SUB_GROUP_SIZE,
                         help="zero_optimization.sub_group_size in elements (DeepSpeed default 1e9)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")

@@ -30,7 +30,6 @@ from mpo_dist.plan.model_shape import ModelShape
 GIB = 1 << 30
 CUDA_CONTEXT_ALLOWANCE_BYTES = 3 * GIB  # CUDA/NCCL context, cuBLAS workspaces, allocator fragmentation
 HOST_RUNTIME_BYTES_PER_RANK = 4 * GIB  # Python + torch + CUDA libraries + data loading, per rank process
-REFERENCE_SEQUENCES_PER_EXAMPLE = 2  # MPO: dominant chosen + rejected; DPO family: chosen + rejected
 DEEPSPEED_DEFAULT_SUB_GROUP_SIZE = 1_000_000_000  # zero_optimization.sub_group_size default (elements)
 HALF_PRECISION_DTYPES = ("bf16", "fp16")  # both 2 bytes; ZeRO-3 accounting is identical
 GRAD_ACCUM_DTYPES = ("fp32", *HALF_PRECISION_DTYPES)  # DeepSpeed's data_types.grad_accum_dtype
@@ -59,6 +58,9 @@ class PlanSettings:
     seq_len: int = 1024
     micro_batch: int = 1
     sequences_per_example: int = 4
+    # sequences the online reference scores per example (ReferencePlan): 2 for MPO (the dominant pair) and the DPO
+    # family (the training pair), 4 for MPO with gap=dpo (both pairs)
+    reference_sequences_per_example: int = 2
     dtype: str = "bf16"
     grad_accum_dtype: str = "fp32"  # the shipped policy templates' data_types.grad_accum_dtype
     activation_checkpointing: bool = True
@@ -72,7 +74,7 @@ class PlanSettings:
 
     def __post_init__(self) -> None:
         for name in ("nodes", "gpus_per_node", "seq_len", "micro_batch", "sequences_per_example",
-                     "reduce_bucket_size", "sub_group_size"):
+                     "reference_sequences_per_example", "reduce_bucket_size", "sub_group_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("gpu_mem_gib", "cpu_mem_gib"):
@@ -322,7 +324,7 @@ def reference_gpu_components(shape: ModelShape, s: PlanSettings) -> list[Compone
     """Online reference engine (offload_param=cpu, no optimizer), run under no_grad before the policy pass."""
     if s.reference != "online":
         return []
-    tokens = s.micro_batch * REFERENCE_SEQUENCES_PER_EXAMPLE * s.seq_len
+    tokens = s.micro_batch * s.reference_sequences_per_example * s.seq_len
     h, i, L = shape.hidden_size, shape.intermediate_size, shape.largest_module_params
     return [
         Component("reference: gathered parameters", 2 * HALF * L, REFERENCE_FORWARD,
