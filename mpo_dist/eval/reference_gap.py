@@ -16,7 +16,7 @@ from mpo_dist.data.collate import PreferenceCollator
 from mpo_dist.data.examples import PreferenceExample
 from mpo_dist.eval.reward_gaps import logprob_forward
 from mpo_dist.runtime import torch_dtype
-from mpo_dist.train.step import pair_logps
+from mpo_dist.train.step import pair_reward_gaps
 
 WARMUP_RECIPE = "configs/demo_warmup.yaml (the demo's English stage, docs/quickstart.md)"
 
@@ -44,8 +44,7 @@ def pair_gaps(model_dir: str | Path, examples: list[PreferenceExample], pad_toke
     gaps = []
     for start in range(0, len(examples), batch_size):
         batch = collator(examples[start:start + batch_size]).to(device)
-        logps = pair_logps(forward(batch).token_logprobs, batch.sequences(), batch.rows("chosen"), batch.rows("rejected"))
-        gaps.append((logps.chosen_mean() - logps.rejected_mean()).double().cpu())
+        gaps.append(pair_reward_gaps(forward(batch).token_logprobs, batch).cpu())
     return torch.cat(gaps)
 
 

@@ -13,7 +13,7 @@ from mpo_dist.data.collate import Batch, PreferenceCollator
 from mpo_dist.data.examples import PreferenceExample
 from mpo_dist.data.sampler import rank_batches
 from mpo_dist.models.alignment_model import ModelOutputs
-from mpo_dist.train.step import pair_logps
+from mpo_dist.train.step import pair_reward_gaps
 
 
 def reward_gaps(
@@ -35,8 +35,7 @@ def reward_gaps(
         outputs = forward(batch)
         if not real:
             continue
-        logps = pair_logps(outputs.token_logprobs, batch.sequences(), batch.rows("chosen"), batch.rows("rejected"))
-        gaps = (logps.chosen_mean() - logps.rejected_mean()).double()
+        gaps = pair_reward_gaps(outputs.token_logprobs, batch)
         for i, example in enumerate(chunk):
             index = languages.index(example.language)
             sums[index] += gaps[i]

@@ -21,6 +21,13 @@ def pair_logps(token_logprobs: torch.Tensor, tokens: SequenceTensors, chosen: sl
     return SequenceLogps(sums[chosen], sums[rejected], counts[chosen], counts[rejected])
 
 
+def pair_reward_gaps(token_logprobs: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """[P] float64 A(chosen) - A(rejected) of each training pair (A = mean response-token log-prob): the held-out
+    reward gap that training evaluation and `check --reference-gap` report."""
+    logps = pair_logps(token_logprobs, batch.sequences(), batch.rows("chosen"), batch.rows("rejected"))
+    return (logps.chosen_mean() - logps.rejected_mean()).double()
+
+
 def pooled_hidden(hidden: torch.Tensor, tokens: SequenceTensors, sequences: slice, pooling: str) -> torch.Tensor:
     """[k, H] mean of the final hidden states of each sequence in `sequences`: over its real tokens ("masked"), or over
     every position of its padded row including right padding ("all_positions", the released MPO code's behaviour, which
