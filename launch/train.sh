@@ -12,6 +12,7 @@ fi
 if [ "${CHECK:-1}" != 0 ]; then
   device_args=(--gpus-per-node "$NPROC")
   if [ "$(python -c "import torch; print(torch.cuda.is_available())")" != True ]; then device_args+=(--cpu); fi
-  python -m mpo_dist.cli check "${device_args[@]}" "$@" || exit $?
+  # --resume none: the trainer verifies the resume tag itself, its ranks sharing the reading (docs/checkpoints.md)
+  python -m mpo_dist.cli check "${device_args[@]}" "$@" --resume none || exit $?
 fi
 exec python -m torch.distributed.run --standalone --nproc-per-node="$NPROC" -m mpo_dist.cli train "$@"

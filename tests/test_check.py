@@ -292,3 +292,15 @@ def test_train_with_a_bad_config_exits_2_before_deepspeed_and_creates_nothing(ti
     assert result.stderr.startswith("mpo-dist train: error: ")
     assert "deepspeed imported: False process group: False" in result.stdout
     assert not output_dir.exists()
+
+
+def test_mlc_prompts_are_needed_only_for_records_that_train(mpo: list[str], tmp_path: Path) -> None:
+    rows = sample_rows()[:5]
+    rows[2] = {key: ({"en": value["en"]} if isinstance(value, dict) else value) for key, value in rows[2].items()}
+    data = write_jsonl(tmp_path / "en-only-row.jsonl", rows)  # row 3: only the dominant pair, so MPO does not train it
+    assert checked(mpo + [f"data.train_files=[{data}]", "mlc.enabled=true", "mlc.languages=[en,zh]"]).errors == []
+
+
+def test_a_template_frame_longer_than_the_prompt_limit_is_a_reported_error(mpo: list[str]) -> None:
+    errors = checked(mpo + ["data.system_prompt=" + "be careful " * 40]).errors
+    assert len(errors) == 1 and "max_prompt_length" in errors[0] and "row" not in errors[0], errors

@@ -202,3 +202,13 @@ def test_full_disk_on_two_ranks_stops_every_rank_with_the_error(small_disk: Path
     assert all(f"could not write checkpoint {tag(run, STEPS)}" in line for line in errors), errors
     assert sorted(p.name for p in small_disk.iterdir() if p.name.startswith("step_")) == ["step_00000002"]
     assert (small_disk / "latest").read_text() == "step_00000002" and verify(tag(run, 2)).problems == []
+
+
+def test_a_resume_at_the_last_step_keeps_its_complete_tag(run: Path, tiny_models: dict[str, Path]) -> None:
+    """A job requeued after its final save (e.g. preempted during save_hf_at_end) must not rewrite, and so for a
+    moment destroy, the one complete tag of its last step."""
+    last = tag(run, STEPS)
+    before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in last.iterdir()}
+    assert train(tiny_models["llama"], run, resume="auto") == 0
+    assert {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in last.iterdir()} == before
+    assert verify(last).problems == [] and (run / "COMPLETED").is_file()

@@ -66,7 +66,8 @@ def check_languages(config: Config, records: list[ParallelRecord], *, with_ancho
                          f"{data.dominant_language} pair, but {len(lacking)} of {len(needing_anchor)} records have none "
                          f"(first: {_where(lacking[0])}); is {data.dominant_language!r} the data's dominant language?")
     if with_mlc:
-        lacking = [r for r in records if any(lang not in r.prompt for lang in config.mlc.languages)]
+        lacking = [r for r in records if any(lang in trained for lang in r.pair_languages())
+                   and any(lang not in r.prompt for lang in config.mlc.languages)]
         if lacking:
             missing = [lang for lang in config.mlc.languages if lang not in lacking[0].prompt]
             report.error(f"mlc.languages: {len(lacking)} of {len(records)} records lack a prompt in some MLC language "

@@ -23,7 +23,7 @@ from mpo_dist.check.token_counts import CountingEncoder, TokenCounts
 from mpo_dist.config import Config
 from mpo_dist.data.examples import PreferenceExample, build_examples
 from mpo_dist.data.sampler import ResumableDistributedSampler
-from mpo_dist.data.schema import DataError, ParallelRecord
+from mpo_dist.data.schema import ParallelRecord
 from mpo_dist.data.tokenize import ChatEncoder
 from mpo_dist.engine.ds_config import render_policy_config, render_reference_config
 from mpo_dist.engine.reference_cache import ReferenceCache, reference_fingerprint
@@ -53,8 +53,8 @@ class LaunchContext:
 
 
 def launch_context() -> LaunchContext:
-    """The world init_distributed will join, read from the launcher's environment (torchrun / srun set RANK, WORLD_SIZE,
-    LOCAL_RANK; a plain `python` run is a world of one) so the checks can run before the process group exists."""
+    """The world init_distributed will join, read from the launcher's environment (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK;
+    slurm/train.sbatch runs torchrun under srun; a plain `python` run is a world of one) so the checks can run before the process group exists."""
     on_gpu = torch.cuda.is_available()
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else 1
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if on_gpu else torch.device("cpu")
@@ -79,7 +79,7 @@ def _build_examples(config: Config, model: ModelInputs, train_records: list[Para
         inputs.eval_examples = build_examples(
             eval_records, ChatEncoder(model.tokenizer, data.max_length, data.max_prompt_length, data.system_prompt),
             dominant_language=data.dominant_language, languages=[], with_anchor=False)
-    except DataError as error:
+    except UserError as error:  # a DataError naming a row, or the chat template's frame not fitting the limits
         inputs.report.error(str(error))
         return
     inputs.token_counts = encoder.counts

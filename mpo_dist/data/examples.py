@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from mpo_dist.data.schema import DataError, ParallelRecord
 from mpo_dist.data.tokenize import ChatEncoder, EncodedSequence
+from mpo_dist.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class PreferenceExample:
 def _encode_pair(encoder: ChatEncoder, record: ParallelRecord, lang: str) -> tuple[EncodedSequence, EncodedSequence]:
     try:
         return encoder.encode(record.prompt[lang], record.chosen[lang]), encoder.encode(record.prompt[lang], record.rejected[lang])
+    except UserError:  # not about this row (e.g. the chat template's frame longer than data.max_prompt_length)
+        raise
     except ValueError as error:
         raise DataError(record.file, record.row, f"chosen.{lang}/rejected.{lang}", str(error)) from None
 

@@ -12,6 +12,8 @@ from typing import Iterator, TypeVar
 
 import torch
 
+from mpo_dist.errors import UserError
+
 T = TypeVar("T")
 
 
@@ -68,12 +70,12 @@ class ResumableDistributedSampler:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state["dataset_size"] != self.dataset_size or state["seed"] != self.seed:
-            raise ValueError(
+            raise UserError(
                 f"checkpoint sampler state is for {state['dataset_size']} samples / seed {state['seed']}, "
                 f"this run has {self.dataset_size} / {self.seed}: the data or seed changed"
             )
         if state["consumed"] % self.global_batch:
-            raise ValueError(
+            raise UserError(
                 f"checkpoint consumed {state['consumed']} samples, not a multiple of this run's global micro-batch "
                 f"{self.global_batch}; choose a world size x micro-batch that divides it"
             )

@@ -135,7 +135,10 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def read_marker(tag_dir: Path) -> Marker:
-    text = (tag_dir / COMPLETE_MARKER).read_text()
+    try:
+        text = (tag_dir / COMPLETE_MARKER).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{tag_dir / COMPLETE_MARKER} cannot be read ({error}); the tag cannot be verified") from error
     if re.fullmatch(r"\d+\s*", text):  # the marker of checkpoints written before the file record
         return Marker(int(text), None)
     try:
@@ -169,10 +172,15 @@ def verify(tag_dir: Path, *, rank: int = 0, world_size: int = 1) -> TagCheck:
         if not path.is_file():
             problems.append(f"{name} is missing (the save recorded {expected.size} bytes)")
             continue
-        size = path.stat().st_size
+        try:
+            size = path.stat().st_size
+            actual = file_checksum(path) if size == expected.size else None
+        except OSError as error:  # a failing disk: the tag is damaged, and this rank still joins the others' gather
+            problems.append(f"{name} cannot be read ({error.strerror or error})")
+            continue
         if size != expected.size:
             problems.append(f"{name} is {size} bytes, the save recorded {expected.size} (truncated or still being copied)")
-        elif (actual := file_checksum(path)) != expected.crc32:
+        elif actual != expected.crc32:
             problems.append(f"{name} has {CHECKSUM} {actual}, the save recorded {expected.crc32} (corrupted)")
     return TagCheck(problems, recorded=True)
 

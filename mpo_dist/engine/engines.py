@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from mpo_dist.data.collate import Batch
 from mpo_dist.data.packing import attention_implementation
+from mpo_dist.engine.checkpoint_layout import CheckpointError
 from mpo_dist.engine.ds_config import with_reduce_bucket_capped
 from mpo_dist.models.activation_checkpointing import enable_activation_checkpointing
 from mpo_dist.models.alignment_model import AlignmentModel, ModelOutputs
@@ -170,14 +171,14 @@ class PolicyEngine:
         checkpoint (loaded when the config says load_universal) fits any."""
         saved_ranks = len(list((directory / tag).glob("*optim_states.pt")))
         if not self.engine.load_universal_checkpoint() and saved_ranks != self.engine.dp_world_size:
-            raise ValueError(f"checkpoint {directory / tag} was written by {saved_ranks} ranks and this run has "
+            raise CheckpointError(f"checkpoint {directory / tag} was written by {saved_ranks} ranks and this run has "
                              f"{self.engine.dp_world_size}: convert it with `mpo-dist convert-universal {directory / tag} "
                              f"OUT_DIR` and resume from OUT_DIR/{tag}, or resume with {saved_ranks} ranks")
         path, client_state = self.engine.load_checkpoint(
             str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )
         if path is None:
-            raise FileNotFoundError(f"DeepSpeed found no checkpoint {tag} in {directory}")
+            raise CheckpointError(f"DeepSpeed found no checkpoint {tag} in {directory}")
         return client_state or {}
 
     def gathered_state_dict(self) -> dict[str, torch.Tensor]:

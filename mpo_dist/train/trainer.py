@@ -264,7 +264,8 @@ class Trainer:
                     return result
             if self.eval_examples:
                 result.eval_history.append(self.evaluate(self.total_steps, logger))
-            self.save(self.total_steps)
+            if start_step < self.total_steps:  # resumed at the last step: its complete tag is already there
+                self.save(self.total_steps)
             if config.train.save_hf_at_end:
                 export_live_policy(self.policy, Path(config.model.path), self.output_dir / "hf", self.tokenizer,
                                    torch_dtype(self.dtype_name), self.ctx.rank)
