@@ -20,7 +20,7 @@ from mpo_dist.check.data_checks import (check_example_ids, check_identical_pairs
 from mpo_dist.check.model_dir import ModelInputs, check_model_directory
 from mpo_dist.check.report import CheckReport
 from mpo_dist.check.token_counts import CountingEncoder, TokenCounts
-from mpo_dist.config import Config
+from mpo_dist.config import Config, needs_reference
 from mpo_dist.data.examples import PreferenceExample, build_examples
 from mpo_dist.data.sampler import ResumableDistributedSampler
 from mpo_dist.data.schema import ParallelRecord
@@ -59,12 +59,6 @@ def launch_context() -> LaunchContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else 1
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if on_gpu else torch.device("cpu")
     return LaunchContext(world_size, on_gpu, device)
-
-
-def reference_needed(config: Config) -> bool:
-    """Whether the loss reads reference terms (then a reference engine or cache is built)."""
-    loss = build_loss(config.loss.name, config.loss.options())
-    return loss.needs_reference or loss.needs_anchor
 
 
 def _build_examples(config: Config, model: ModelInputs, train_records: list[ParallelRecord],
@@ -123,7 +117,7 @@ def _check_steps(config: Config, world_size: int, inputs: RunInputs) -> None:
 def _check_templates(config: Config, world_size: int, on_gpu: bool, hidden_size: int, inputs: RunInputs) -> None:
     """The DeepSpeed templates render: every "auto" gets a value and no section mpo-dist owns is set."""
     renders: list[Any] = [render_policy_config]
-    if config.engine.reference == "online" and reference_needed(config):
+    if config.engine.reference == "online" and needs_reference(config):
         renders.append(render_reference_config)
     for render in renders:
         try:
@@ -169,6 +163,6 @@ def preflight(config: Config, *, world_size: int, on_gpu: bool, device: torch.de
         return inputs
     _check_steps(config, world_size, inputs)
     _check_templates(config, world_size, on_gpu, inputs.model.hf_config.hidden_size, inputs)
-    if open_reference_cache and config.engine.reference == "cache" and reference_needed(config):
+    if open_reference_cache and config.engine.reference == "cache" and needs_reference(config):
         _open_reference_cache(config, device or torch.device("cpu"), inputs)
     return inputs

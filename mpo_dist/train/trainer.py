@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from mpo_dist.check.preflight import launch_context, preflight, reference_needed
-from mpo_dist.config import Config, to_dict
+from mpo_dist.check.preflight import launch_context, preflight
+from mpo_dist.config import Config, needs_reference, to_dict
 from mpo_dist.data.collate import Batch, PreferenceCollator
 from mpo_dist.data.sampler import ResumableDistributedSampler
 from mpo_dist.engine.ds_config import render_policy_config, with_universal_loading
@@ -106,7 +106,7 @@ class Trainer:
         if cache is not None:
             log.info("reference terms from the cache %s: no reference engine", config.engine.reference_cache)
             return policy, cache
-        if not reference_needed(config):
+        if not needs_reference(config):
             return policy, None
         return policy, reference_engine(config, world_size=self.ctx.world_size, on_gpu=self.ctx.on_gpu,
                                         dtype_name=self.dtype_name, hidden_size=hidden_size)
