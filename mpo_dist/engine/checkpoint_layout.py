@@ -13,6 +13,7 @@ convert-universal) share it without an engine -> train import. See docs/checkpoi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import zipfile
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpo_dist.errors import UserError
+
+log = logging.getLogger("mpo_dist")
 
 COMPLETE_MARKER = "COMPLETE"
 LATEST_FILE = "latest"
@@ -183,6 +186,12 @@ def verify(tag_dir: Path, *, rank: int = 0, world_size: int = 1) -> TagCheck:
         elif actual != expected.crc32:
             problems.append(f"{name} has {CHECKSUM} {actual}, the save recorded {expected.crc32} (corrupted)")
     return TagCheck(problems, recorded=True)
+
+
+def warn_unrecorded(tag_dir: Path) -> None:
+    """A marker from before file records: its sizes and checksums are unknown, so only the tag's structure was checked."""
+    log.warning("checkpoint %s was written before checkpoints recorded their files: only its structure was checked",
+                tag_dir)
 
 
 def structure_problems(names: list[str]) -> list[str]:

@@ -7,16 +7,14 @@ come from the run config the trainer stored in the checkpoint's client state.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 
-from mpo_dist.engine.checkpoint_layout import COMPLETE_MARKER, CheckpointError, describe, is_complete, verify
+from mpo_dist.engine.checkpoint_layout import (COMPLETE_MARKER, CheckpointError, describe, is_complete, verify,
+                                              warn_unrecorded)
 from mpo_dist.engine.hf_export import MODEL_PREFIX, hf_state_dict, write_hf_directory
 from mpo_dist.models.tokenizer import load_tokenizer
-
-log = logging.getLogger("mpo_dist")
 
 MLC_PREFIX = "mlc_projection."
 MLC_FILE = "mlc_projection.safetensors"  # written next to the HF model; training-only, unused at inference
@@ -40,7 +38,7 @@ def read_client_state(tag_dir: Path) -> dict:
     if check.problems:
         raise CheckpointError(f"{tag_dir} is damaged: {describe(check.problems)}; use an earlier checkpoint")
     if not check.recorded:
-        log.warning("%s was written before checkpoints recorded their files: only its structure was checked", tag_dir)
+        warn_unrecorded(tag_dir)
     state = torch.load(rank0_states, map_location="cpu", weights_only=False, mmap=True)
     if "config" not in state or "step" not in state:
         raise CheckpointError(f"{rank0_states} has no mpo-dist client state (step, config); was it written by `mpo-dist train`?")

@@ -31,6 +31,7 @@ from mpo_dist.engine.checkpoint_layout import (
     tag_files,
     tag_for,
     verify,
+    warn_unrecorded,
     write_atomically,
     write_marker,
 )
@@ -80,11 +81,6 @@ def resume_candidates(root: Path) -> list[Path]:
     return [d for d in reversed(tag_dirs(root)) if is_complete(d)]
 
 
-def _warn_unrecorded(tag_dir: Path) -> None:
-    log.warning("checkpoint %s was written before checkpoints recorded their files: only its structure was checked",
-                tag_dir)
-
-
 def resolve_resume(resume: str, root: Path) -> Path | None:
     """`none` -> None; `auto` -> the newest intact checkpoint under root (None if there is no complete one; damaged ones
     are skipped with a warning, an error if all are damaged); else an explicit tag dir, which must be intact.
@@ -104,7 +100,7 @@ def resolve_resume(resume: str, root: Path) -> Path | None:
         raise CheckpointError(f"checkpoint.resume: {path} is damaged: {describe(problems)}; resume from an earlier tag, "
                               "or with --resume auto, which skips damaged tags")
     if not recorded:
-        _warn_unrecorded(path)
+        warn_unrecorded(path)
     return path
 
 
@@ -114,7 +110,7 @@ def _newest_intact(root: Path) -> Path | None:
         problems, recorded = verified_problems(tag_dir)
         if not problems:
             if not recorded:
-                _warn_unrecorded(tag_dir)
+                warn_unrecorded(tag_dir)
             return tag_dir
         log.warning("skipping damaged checkpoint %s: %s", tag_dir, describe(problems))
         damaged.append(f"{tag_dir.name}: {describe(problems)}")
