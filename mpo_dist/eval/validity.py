@@ -81,9 +81,10 @@ def distinct_ngram_share(units: list[str], n: int = NGRAM) -> float:
 def echo_share(response: str, prompt: str) -> float:
     """Share of the response's trigrams that occur in the prompt, in the response's units (words, or letters for text
     of fewer than MIN_UNITS words); 0.0 when the response has none."""
-    words = len(_words(response)) >= MIN_UNITS
-    response_ngrams = _ngrams(_words(response) if words else _letters(response))
-    prompt_ngrams = set(_ngrams(_words(prompt) if words else _letters(prompt)))
+    response_words = _words(response)
+    in_words = len(response_words) >= MIN_UNITS
+    response_ngrams = _ngrams(response_words if in_words else _letters(response))
+    prompt_ngrams = set(_ngrams(_words(prompt) if in_words else _letters(prompt)))
     return sum(ngram in prompt_ngrams for ngram in response_ngrams) / len(response_ngrams) if response_ngrams else 0.0
 
 
