@@ -240,10 +240,9 @@ class ReferenceCache:
             rows.append(self._shards[shard].get_slice(name)[row : row + 1])
         return torch.cat(rows).to(self.device)
 
-    def _logps(self, name: str, batch: Batch, chosen: slice, rejected: slice) -> SequenceLogps:
+    def _logps(self, name: str, batch: Batch, counts: torch.Tensor, chosen: slice, rejected: slice) -> SequenceLogps:
+        """The cached sums and counts of `name`; `counts` (this batch's response tokens per sequence) must match."""
         logps = SequenceLogps(*(self._stacked(f"{name}.{field}", batch.example_ids) for field in LOGPS_FIELDS))
-        no_values = torch.zeros(batch.labels.shape, device=batch.labels.device)
-        counts = sequence_sums(no_values, batch.sequences())[1].to(self.device)
         if not (torch.equal(logps.chosen_tokens, counts[chosen]) and torch.equal(logps.rejected_tokens, counts[rejected])):
             raise StaleReferenceCacheError(
                 f"reference cache {self.directory}: the cached response token counts of {name} for {batch.example_ids} "
@@ -254,10 +253,12 @@ class ReferenceCache:
     def terms(self, batch: Batch) -> ReferenceTerms:
         self.require_examples(batch.example_ids)
         terms = ReferenceTerms()
+        no_values = torch.zeros(batch.labels.shape, device=batch.labels.device)
+        counts = sequence_sums(no_values, batch.sequences())[1].to(self.device)  # once per batch, for every term
         if "reference" in self.term_names:
-            terms.reference = self._logps("reference", batch, batch.rows("chosen"), batch.rows("rejected"))
+            terms.reference = self._logps("reference", batch, counts, batch.rows("chosen"), batch.rows("rejected"))
         if "anchor_reference" in self.term_names:
-            terms.anchor_reference = self._logps("anchor_reference", batch, batch.rows("anchor_chosen"),
+            terms.anchor_reference = self._logps("anchor_reference", batch, counts, batch.rows("anchor_chosen"),
                                                  batch.rows("anchor_rejected"))
         if "anchor_reference_hidden" in self.term_names:
             terms.anchor_reference_hidden = self._stacked("anchor_reference_hidden", batch.example_ids)
