@@ -4,6 +4,9 @@ full tensor of host memory on top of them (never the whole checkpoint)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,18 @@ def test_sharded_checkpoint_loads_partitioned_equal_to_the_file_in_bounded_host_
         bound = max(s.stat().st_size for s in shards) + largest_tensor_bytes + ALLOCATOR_SLACK_BYTES
         assert report["load_transient_bytes"] <= bound, (report["load_transient_bytes"] / MIB, bound / MIB)
         assert bound < checkpoint_bytes / 8  # holding every shard, or a full copy, would exceed it many times
+
+
+def test_a_second_model_built_under_zero_init_runs_like_the_first(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    # The policy, then the reference: with transformers >= 5.25 and `kernels` installed, the second build lost the
+    # per-instance state of kernels' __init__ wrapper when the modeling module was first imported inside zero.Init, and
+    # its forward raised AttributeError (engine/zero3_loading.py import_architecture_outside_zero_init).
+    out_file = tmp_path / "logits.pt"
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "tests/workers/zero3_two_builds.py"),
+                             str(tiny_models["llama"]), str(out_file)],
+                            cwd=REPO_ROOT, env=dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1"),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    logits = torch.load(out_file)
+    for built in logits["zero3"]:
+        torch.testing.assert_close(built, logits["plain"], rtol=1e-5, atol=1e-5)

@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from safetensors import safe_open
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.initialization import no_init_weights
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 
 def safetensors_index(model_dir: Path) -> dict[str, Path]:
@@ -65,6 +66,18 @@ def load_weights_into_zero3(model: PreTrainedModel, model_dir: Path) -> None:
                 del full  # no reference into this shard may outlive its handle
 
 
+def import_architecture_outside_zero_init(config: PretrainedConfig) -> type[PreTrainedModel]:
+    """Import `config`'s modeling module (looking its class up does), to be called before zero.Init opens.
+
+    DeepSpeed's zero.Init records the __init__ of every class first defined inside it (its __init_subclass__ hook) and
+    puts that back when the context closes, silently undoing class decorators applied after definition. transformers
+    >= 5.25 wraps attention's __init__ and forward with the `kernels` package's use_kernelized_func, so when the modeling
+    module was first imported inside zero.Init, the first model kept its per-instance `_kernel_funcs` and every later
+    one (the reference) failed in forward (docs/quickstart.md, "Versions and the lock").
+    """
+    return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+
+
 def partitioned_causal_lm(model_dir: Path, ds_config: dict, dtype: torch.dtype,
                           attn_implementation: str) -> PreTrainedModel:
     """`model_dir`'s architecture created under ZeRO-3 (per `ds_config`): partitioned, its weights not yet loaded."""
@@ -73,6 +86,7 @@ def partitioned_causal_lm(model_dir: Path, ds_config: dict, dtype: torch.dtype,
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a Hugging Face model directory (no config.json)")
     config = AutoConfig.from_pretrained(model_dir)
+    import_architecture_outside_zero_init(config)
     # Random init is skipped: every weight comes from the files, and HF's init cannot index ZeRO-3's empty placeholders.
     # No `dtype=` for zero.Init: DeepSpeed 0.19 turns an explicit dtype into bf16 on the CPU accelerator (an operator
     # precedence slip in Init._set_dtype); without it the dtype follows the config's bf16/fp16 flags, which we rendered.
