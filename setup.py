@@ -9,23 +9,28 @@ setup(
     package_data={"mpo_dist": ["data/sample/*.jsonl", "configs/models/*.json"]},
     include_package_data=True,
     python_requires=">=3.10",
+    # Tested ranges of the libraries whose releases have broken us: the lower bound is the oldest version a test or
+    # benchmark ran on (docs/benchmarks.md), the upper bound the next untested major (a DeepSpeed minor counts as one:
+    # we reach into its ZeRO-3 internals). requirements/cpu.lock pins versions inside them (tests/test_lock.py);
+    # `mpo-dist check` warns outside them. docs/quickstart.md, "Versions and the lock".
     install_requires=[
-        "torch>=2.4",
-        "deepspeed>=0.16",
-        "transformers>=4.46",
-        "datasets>=3.0",
+        "torch>=2.11,<3",
+        "deepspeed>=0.19.8,<0.20",
+        "transformers>=5.17,<6",
+        "datasets>=5.2,<6",
         "sentencepiece>=0.2",
         "safetensors>=0.4",
         "tensorboard>=2.15",
         "PyYAML>=6.0",
         "tqdm>=4.66",
+        "packaging>=23",
     ],
     extras_require={
-        "kernels": ["triton>=3.0"],
+        "kernels": ["triton>=3.6,<4"],
         "eval": ["matplotlib>=3.8"],
         # Reading GGUF files (launch/real.sh's SmolLM2 import): transformers' GGUF loader needs both.
         "gguf": ["gguf>=0.17", "accelerate>=1.0"],
-        "test": ["pytest>=8.0", "triton>=3.0", "matplotlib>=3.8", "gguf>=0.17", "accelerate>=1.0"],
+        "test": ["pytest>=8.0", "triton>=3.6,<4", "matplotlib>=3.8", "gguf>=0.17", "accelerate>=1.0"],
     },
     entry_points={"console_scripts": ["mpo-dist=mpo_dist.cli:main"]},
 )

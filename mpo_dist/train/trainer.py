@@ -44,6 +44,7 @@ from mpo_dist.train.evaluate import reward_gaps
 from mpo_dist.train.logger import METRICS_FILE, RunLogger, peak_memory, setup_console_logging
 from mpo_dist.train.schedule import warmup_cosine
 from mpo_dist.train.preemption import COMPLETED_FILE, EXIT_REQUEUE, STOP_FILE, StopRequest
+from mpo_dist.versions import VERSIONS_FILE, installed_versions, run_versions
 from mpo_dist.train.step import ReferencePlan, head_live_fraction, preference_inputs, reference_terms, total_loss
 
 log = logging.getLogger("mpo_dist")
@@ -224,6 +225,7 @@ class Trainer:
             (self.output_dir / STOP_FILE).unlink(missing_ok=True)
             (self.output_dir / COMPLETED_FILE).unlink(missing_ok=True)
             (self.output_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+            (self.output_dir / VERSIONS_FILE).write_text(json.dumps(run_versions(installed_versions()), indent=1))
         barrier()
         start_step = self._resume()
         stop = StopRequest(self.output_dir)
