@@ -13,7 +13,7 @@ TORCH_VERSION=2.13.0
 LOCK_PYTHON=3.11
 PYTHON_BIN="${PYTHON:-python3}"
 LATEST="${MPO_DIST_LATEST:-0}"
-if [ "$LATEST" = 1 ]; then VENV="${MPO_DIST_VENV:-$ROOT/.venv-latest}"; else VENV="${MPO_DIST_VENV:-$ROOT/.venv}"; fi
+if [ "$LATEST" = 1 ]; then VENV="${MPO_DIST_LATEST_VENV:-$ROOT/.venv-latest}"; else VENV="${MPO_DIST_VENV:-$ROOT/.venv}"; fi
 STAMP="$VENV/.mpo-dist-installed"
 WANT="$(cat "$ROOT/setup.py" "$ROOT/launch/setup_env.sh" "$ROOT"/requirements/*.lock | sha256sum | cut -d' ' -f1)"
 if [ "$LATEST" != 1 ] && [ -d "$VENV" ] && [ ! -f "$STAMP" ]; then
@@ -40,7 +40,8 @@ elif [ "$LATEST" = 1 ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     "${PIP[@]}" --no-deps "torch==$TORCH_VERSION" &&
     if [ "$LATEST" = 1 ]; then
       "${PIP[@]}" --upgrade pip setuptools &&
-      "${PIP[@]}" --upgrade --upgrade-strategy eager --no-build-isolation -e "$ROOT[test]"
+      # torch held at the CPU build: a newer one is a several-GB CUDA download, and clusters bring their own anyway.
+      "${PIP[@]}" --upgrade --upgrade-strategy eager --no-build-isolation -e "$ROOT[test]" "torch==$TORCH_VERSION"
     else
       # The lock has every dependency, torch's included, so --no-deps installs exactly it.
       "${PIP[@]}" --require-hashes --no-deps -r "$ROOT/requirements/cpu.lock" &&

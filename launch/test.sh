@@ -8,7 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 pytest_args=("$@")
 if [ "${1:-}" = "--latest" ]; then
-  export MPO_DIST_LATEST=1
+  MPO_DIST_LATEST=1  # read by setup_env.sh below; not exported, so the tests never see it
   pytest_args=(-m canary "${@:2}")
 fi
 source launch/setup_env.sh || exit $?

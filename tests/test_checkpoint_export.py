@@ -50,6 +50,7 @@ def sample_ids(model_dir: Path) -> torch.Tensor:
     return torch.tensor([tokenizer("How do I stay safe when hiking alone in the mountains?")["input_ids"]])
 
 
+@pytest.mark.canary
 def test_export_equals_trained_weights_and_writes_mlc_projection(trained: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "exported"
     assert cli_main(["export", str(trained["checkpoint"]), str(out), "--dtype", "fp32"]) == 0

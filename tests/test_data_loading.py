@@ -56,6 +56,7 @@ def test_released_mpo_format(tmp_path: Path) -> None:
         load(path, format="mpo")  # the file does not say which language its target side is
 
 
+@pytest.mark.canary
 def test_released_mlc_format_parquet_and_datasets_dir(tmp_path: Path) -> None:
     import datasets
 

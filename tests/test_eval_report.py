@@ -81,6 +81,7 @@ def markdown_table(text: str) -> dict[str, dict[str, str]]:
     return {row[0]: dict(zip(header, row)) for row in rows}
 
 
+@pytest.mark.canary
 def test_eval_report_numbers_files_and_plots(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     from matplotlib.image import imread
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

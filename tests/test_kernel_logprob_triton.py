@@ -48,6 +48,7 @@ def chunked_triton(softcap, vocab_chunk=64):
     return lambda h, w, y, b: triton_label_logprobs(h, w, y, b, softcap, IGNORE, vocab_chunk=vocab_chunk)
 
 
+@pytest.mark.canary
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("with_bias,softcap", [(False, None), (True, None), (False, 5.0), (True, 5.0)])
 def test_matches_float64_reference(dtype, with_bias, softcap):

@@ -28,6 +28,7 @@ def mean_response_logprob(model, ids: tuple[int, ...], prompt_length: int) -> fl
     return float(logprobs[prompt_length - 1 :].mean())
 
 
+@pytest.mark.canary
 @pytest.mark.parametrize("family", ["llama", "gemma2", "qwen2"])
 def test_first_mpo_step_matches_float64_reference(family: str, tiny_models: dict[str, Path], tmp_path: Path) -> None:
     beta = 1.5

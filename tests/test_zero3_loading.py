@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from conftest import REPO_ROOT, torchrun
+from slurm_cluster import LAUNCHER_VARIABLES
 
 pytestmark = pytest.mark.multiprocess
 
@@ -48,14 +49,17 @@ def test_sharded_checkpoint_loads_partitioned_equal_to_the_file_in_bounded_host_
         assert bound < checkpoint_bytes / 8  # holding every shard, or a full copy, would exceed it many times
 
 
+@pytest.mark.canary
 def test_a_second_model_built_under_zero_init_runs_like_the_first(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     # The policy, then the reference: with transformers >= 5.25 and `kernels` installed, the second build lost the
     # per-instance state of kernels' __init__ wrapper when the modeling module was first imported inside zero.Init, and
     # its forward raised AttributeError (engine/zero3_loading.py import_architecture_outside_zero_init).
     out_file = tmp_path / "logits.pt"
+    # A world of its own: not the RANK/MASTER_PORT that an in-process trainer test left in this process's environment
+    fresh_env = {name: value for name, value in os.environ.items() if name not in LAUNCHER_VARIABLES}
     result = subprocess.run([sys.executable, str(REPO_ROOT / "tests/workers/zero3_two_builds.py"),
                              str(tiny_models["llama"]), str(out_file)],
-                            cwd=REPO_ROOT, env=dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1"),
+                            cwd=REPO_ROOT, env=fresh_env | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     logits = torch.load(out_file)

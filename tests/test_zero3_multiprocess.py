@@ -19,6 +19,7 @@ COMMON = [
 ]
 
 
+@pytest.mark.canary
 def test_partitioned_policy_offloaded_reference_and_loss_goes_down(tmp_path: Path) -> None:
     from mpo_dist.models.tiny import init_tiny
 
@@ -52,6 +53,7 @@ def test_partitioned_policy_offloaded_reference_and_loss_goes_down(tmp_path: Pat
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 * 0.5, losses
 
 
+@pytest.mark.canary
 def test_exact_resume_same_losses_and_samples(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     base = COMMON + [f"model.path={tiny_models['qwen2']}", "train.max_steps=6", "optim.lr=5e-3", "checkpoint.every_steps=3",
                      "checkpoint.keep_last=5"]
