@@ -5,12 +5,11 @@ a 70B job fails on the login node instead of after the queue wait.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +25,12 @@ from mpo_dist.losses.mlc import MLCOptions
 from mpo_dist.losses.mpo import MPOOptions
 from mpo_dist.losses.orpo import ORPOOptions
 from mpo_dist.losses.simpo import SimPOOptions
+from mpo_dist.option import option
 from mpo_dist.runtime import DTYPE_CHOICES
 
 
 class ConfigError(UserError):
     """A configuration value is missing, unknown or invalid; the message names the dotted key."""
-
-
-def option(default: Any, meaning: str) -> Any:
-    """A config field that carries its one-line meaning, so `mpo-dist config-keys` prints what the code holds, not a
-    second copy of it in prose. Mutable defaults (lists, sections) are copied per instance; dataclasses.MISSING makes
-    the key required."""
-    if default is dataclasses.MISSING:
-        return field(metadata={"meaning": meaning})
-    if isinstance(default, list) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"meaning": meaning})
-    return field(default=default, metadata={"meaning": meaning})
 
 
 @dataclass
@@ -256,10 +245,25 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
+def _is_list_key(parts: list[str]) -> bool:
+    """Whether the dotted key `parts` names a list-valued field of Config (e.g. data.train_files)."""
+    cls: Any = Config
+    for part in parts:
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in hints:
+            return False
+        cls = hints[part]
+    return typing.get_origin(cls) is list
+
+
 def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
     parts = dotted.split(".")
     node = tree
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
+        if _is_list_key(parts[:depth + 1]):
+            whole = ".".join(parts[:depth + 1])
+            raise ConfigError(f"--set {dotted}: {whole} is a list, set as a whole: --set {whole}=[a,b] "
+                              "(YAML flow syntax; the items cannot be set one by one)")
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: {part} is not a section")

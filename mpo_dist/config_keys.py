@@ -36,13 +36,17 @@ def render_config_keys() -> str:
     from mpo_dist.config import Config
 
     rows = list(config_keys(Config))
-    width = max(len(key) for key, *_ in rows) + 2
+    leaves = [row for row in rows if row[1] != "section"]
+    # columns as wide as their longest entry up to a cap; a longer cell overflows but keeps two spaces before the next
+    widths = [min(max(len(row[column]) for row in leaves), cap) + 2 for column, cap in enumerate((40, 24, 24))]
     lines = []
     for key, type_name, default, meaning in rows:
         if type_name == "section":
             lines += ["", f"{key}: {meaning}" if meaning else f"{key}:"]
         else:
-            lines.append(f"  {key:<{width}}{type_name:<12}{default:<22} {meaning}".rstrip())
+            cells = "".join(cell.ljust(width) if len(cell) + 2 <= width else cell + "  "
+                            for cell, width in zip((key, type_name, default), widths))
+            lines.append(f"  {cells}{meaning}".rstrip())
     return "\n".join(lines).lstrip("\n")
 
 

@@ -279,13 +279,25 @@ sys.exit(code)
 """
 
 
-@pytest.mark.parametrize("override", ["loss.name=mop", "model.path=/no/such/model"])  # config; pre-flight
+def empty_parquet(directory: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = directory / "empty.parquet"
+    pq.write_table(pa.table({"id": pa.array([], pa.string()), "prompt": pa.array([], pa.string())}), path)
+    return path
+
+
+# config; pre-flight: model directory, layer of the model, data file
+@pytest.mark.parametrize("overrides", [["loss.name=mop"], ["model.path=/no/such/model"],
+                                       ["mlc.enabled=true", "mlc.layer=99"], ["data.train_files=[EMPTY_PARQUET]"]])
 def test_train_with_a_bad_config_exits_2_before_deepspeed_and_creates_nothing(tiny_models: dict[str, Path],
-                                                                             tmp_path: Path, override: str) -> None:
+                                                                             tmp_path: Path, overrides: list[str]) -> None:
     output_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MPO_DIST_DEBUG")}
+    overrides = [override.replace("EMPTY_PARQUET", str(empty_parquet(tmp_path))) for override in overrides]
     result = subprocess.run([sys.executable, "-c", PROBE, "train", "--set", f"model.path={tiny_models['llama']}",
-                             "--set", f"train.output_dir={output_dir}", "--set", override],
+                             "--set", f"train.output_dir={output_dir}", *sets(*overrides)],
                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -304,3 +316,24 @@ def test_mlc_prompts_are_needed_only_for_records_that_train(mpo: list[str], tmp_
 def test_a_template_frame_longer_than_the_prompt_limit_is_a_reported_error(mpo: list[str]) -> None:
     errors = checked(mpo + ["data.system_prompt=" + "be careful " * 40]).errors
     assert len(errors) == 1 and "max_prompt_length" in errors[0] and "row" not in errors[0], errors
+
+
+# ---- the front door's last holes: check reports each in one line, as train would refuse it ---------------------------
+def test_check_refuses_an_mlc_layer_the_model_does_not_have(capsys: pytest.CaptureFixture, mpo: list[str]) -> None:
+    # the tiny Llama has 2 layers: hidden_states indices run from -3 to 2
+    code, out = run_check(capsys, sets(*mpo, "mlc.enabled=true", "mlc.layer=99"))
+    assert code == 2
+    assert ("error: mlc.layer=99 is out of range for a 2-layer model: expected -3 to 2 (the HF hidden_states index: "
+            "0 the embeddings, 2 or -1 the final, after the norm)") in out.splitlines()
+    for layer in ("2", "-3"):
+        assert run_check(capsys, sets(*mpo, "mlc.enabled=true", f"mlc.layer={layer}"))[0] == 0
+    assert run_check(capsys, sets(*mpo, "mlc.enabled=true", "mlc.layer=-4"))[0] == 2
+
+
+def test_check_reports_an_empty_parquet_file_in_one_line(capsys: pytest.CaptureFixture, mpo: list[str],
+                                                         tmp_path: Path) -> None:
+    path = empty_parquet(tmp_path)
+    code, out = run_check(capsys, sets(*mpo, f"data.train_files=[{path}]"))
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and errors[0].endswith(f"{path}: no records: the Parquet file has no rows")
+    assert "Traceback" not in out

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -172,3 +176,93 @@ def test_duplicate_ids_and_missing_file(tmp_path: Path) -> None:
 
 def test_language_table_has_every_paper_language() -> None:
     assert {"en", "zh", "ja", "ko", "ar", "bn", "sw", "ru", "ur", "ps", "ku"} <= set(KNOWN_LANGUAGES)
+
+
+def test_a_byte_order_mark_is_accepted_in_jsonl_and_json(tmp_path: Path) -> None:
+    # Windows editors start UTF-8 files with EF BB BF; the file is otherwise the same as one without it
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + (json.dumps(UNIFIED) + "\n" + json.dumps(dict(UNIFIED, id="a2")) + "\n").encode())
+    assert [(r.id, r.row, r.prompt["en"]) for r in load(jsonl)] == [("a1", 1, UNIFIED["prompt"]["en"]),
+                                                                     ("a2", 2, UNIFIED["prompt"]["en"])]
+    listed = tmp_path / "bom.json"
+    listed.write_bytes(b"\xef\xbb\xbf" + json.dumps([UNIFIED]).encode())
+    assert [r.id for r in load(listed)] == ["a1"]
+    late = tmp_path / "late-bom.jsonl"  # a mark inside the file is not a byte-order mark: still an error
+    late.write_bytes((json.dumps(UNIFIED) + "\n").encode() + b"\xef\xbb\xbf" + json.dumps(dict(UNIFIED, id="a2")).encode())
+    with pytest.raises(DataError, match=r"late-bom.jsonl, row 2: invalid JSON"):
+        load(late)
+
+
+def test_a_language_twice_in_one_object_is_an_error(tmp_path: Path) -> None:
+    text = json.dumps(UNIFIED).replace('"prompt": {"en": "How do I pick a lock?"',
+                                       '"prompt": {"en": "How do I pick a lock?", "en": "Another prompt"')
+    assert text.count('"en"') == 4
+    path = write_jsonl(tmp_path / "twice.jsonl", [dict(UNIFIED, id="a0"), text])
+    with pytest.raises(DataError) as caught:
+        load(path)
+    assert str(caught.value).startswith(f"{path}, row 2: the key 'en' appears twice in one object")
+    listed = tmp_path / "twice.json"
+    listed.write_text("[" + text + "]")
+    with pytest.raises(DataError, match=r"twice.json: the key 'en' appears twice"):
+        load(listed)
+
+
+def test_a_parquet_file_without_rows_is_one_data_error(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"id": pa.array([], pa.string()), "prompt": pa.array([], pa.string())}), path)
+    with pytest.raises(DataError) as caught:
+        load(path)
+    assert str(caught.value) == f"{path}: no records: the Parquet file has no rows"
+
+
+def load_errors_as_another_user(paths: list[Path]) -> list[str]:
+    """The DataError text of loading each path, as an unprivileged user: root reads any file, so where the tests run as
+    root (CI does) a forked child drops to `nobody` first."""
+    def errors() -> list[str]:
+        found = []
+        for path in paths:
+            try:
+                load(path)
+                found.append("loaded")
+            except DataError as error:
+                found.append(str(error))
+        return found
+
+    if os.geteuid() != 0:
+        return errors()
+    nobody = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop privileges, report through the pipe, never return into pytest
+        try:
+            os.close(read_end)
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            os.write(write_end, json.dumps(errors()).encode())
+        except BaseException as error:  # noqa: BLE001 - any escape is the failure the parent reports
+            os.write(write_end, json.dumps([f"{type(error).__name__}: {error}"]).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(report)
+
+
+def test_a_file_the_user_cannot_read_is_one_data_error() -> None:
+    folder = Path(tempfile.mkdtemp(prefix="mpo-unreadable-"))  # traversable by anyone: only the files are locked
+    try:
+        folder.chmod(0o755)
+        paths = [folder / "locked.jsonl", folder / "locked.json", folder / "locked.parquet"]
+        for path in paths:
+            path.write_text(json.dumps(UNIFIED) + "\n")
+            path.chmod(0o000)
+        found = load_errors_as_another_user(paths)
+        assert found[:2] == [f"{path}: cannot be read: Permission denied" for path in paths[:2]]
+        assert found[2].startswith(f"{paths[2]}: cannot be read as a Parquet file: ") and "Permission denied" in found[2]
+    finally:
+        shutil.rmtree(folder)

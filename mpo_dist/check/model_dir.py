@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mpo_dist.check.report import CheckReport
 from mpo_dist.config import Config
+from mpo_dist.models.alignment_model import mlc_layer_problem
 from mpo_dist.models.tokenizer import load_tokenizer
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -106,5 +107,9 @@ def check_model_directory(config: Config, report: CheckReport) -> ModelInputs | 
         report.error(f"model.tokenizer: the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
                      f"{vocab_size} rows (config.json vocab_size); ids beyond it cannot be embedded - is it the "
                      "model's own tokenizer?")
+        return None
+    layer_problem = mlc_layer_problem(config.mlc.layer, hf_config.num_hidden_layers) if config.mlc.enabled else None
+    if layer_problem:
+        report.error(layer_problem)
         return None
     return ModelInputs(hf_config, tokenizer)

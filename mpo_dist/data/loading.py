@@ -32,19 +32,46 @@ def resolve_path(path: str) -> Path:
     return Path(path)
 
 
+class _DuplicateKey(ValueError):
+    """A JSON object names the same key twice; json.loads would silently keep the last value."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys: dict[str, object] = {}
+    for key, value in pairs:
+        if key in keys:
+            raise _DuplicateKey(f"the key {key!r} appears twice in one object (JSON keeps only the last value); "
+                                "expected each field and each language once")
+        keys[key] = value
+    return keys
+
+
+def _parse_json(text: str) -> object:
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+def _unreadable(path: Path, error: OSError) -> DataError:
+    return DataError(str(path), None, None, f"cannot be read: {error.strerror or error}")
+
+
 def _json_list_rows(path: Path) -> Iterator[tuple[int, object]]:
-    """Records of a .json file (one list): row N is the N-th record; a syntax error names the text line, not a row."""
+    """Records of a .json file (one list): row N is the N-th record; a syntax error names the text line, not a row.
+    A leading UTF-8 byte-order mark (Windows editors write one) is dropped."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as error:
+        raise _unreadable(path, error) from None
     except UnicodeDecodeError as error:
         raise DataError(str(path), None, None, f"not UTF-8 text (byte {error.start + 1})") from None
     if not text.strip():
         raise DataError(str(path), None, None, "empty file; expected a JSON list of records")
     try:
-        rows = json.loads(text)
+        rows = _parse_json(text)
     except json.JSONDecodeError as error:
         raise DataError(str(path), None, None,
                         f"invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+    except _DuplicateKey as error:
+        raise DataError(str(path), None, None, str(error)) from None
     if not isinstance(rows, list):
         raise DataError(str(path), None, None, f"a .json file must hold a list of records, got a {type(rows).__name__}")
     yield from enumerate(rows, start=1)
@@ -52,38 +79,59 @@ def _json_list_rows(path: Path) -> Iterator[tuple[int, object]]:
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
     """Rows of a .jsonl file, row N = text line N (blank lines are skipped but counted, so N is the line an editor
-    shows); a line of bad JSON is yielded as a DataError naming it, so data.skip_bad_rows can skip it."""
-    with open(path, "rb") as handle:
+    shows); a line of bad JSON is yielded as a DataError naming it, so data.skip_bad_rows can skip it. A UTF-8
+    byte-order mark at the start of the file (Windows editors write one) is dropped."""
+    try:
+        handle = open(path, "rb")
+    except OSError as error:
+        raise _unreadable(path, error) from None
+    with handle:
         for line_number, raw_line in enumerate(handle, start=1):
             try:
-                line = raw_line.decode("utf-8")
+                line = raw_line.decode("utf-8-sig" if line_number == 1 else "utf-8")
             except UnicodeDecodeError as error:
                 yield line_number, DataError(str(path), line_number, None, f"not UTF-8 text (byte {error.start + 1} of the line)")
                 continue
             if not line.strip():
                 continue
             try:
-                yield line_number, json.loads(line)
+                yield line_number, _parse_json(line)
             except json.JSONDecodeError as error:
                 yield line_number, DataError(str(path), line_number, None, f"invalid JSON (column {error.colno}): {error.msg}")
+            except _DuplicateKey as error:
+                yield line_number, DataError(str(path), line_number, None, str(error))
 
 
 def _columnar(path: Path) -> Iterable[dict]:
     """A Parquet file or a `datasets` directory as a Dataset; a file datasets / Arrow cannot read is a DataError."""
     import datasets
+    from datasets.exceptions import DatasetGenerationError
 
     datasets.disable_progress_bars()
     what = "a datasets directory (Dataset.save_to_disk)" if path.is_dir() else "a Parquet file"
+    if not path.is_dir() and _parquet_row_count(path) == 0:  # datasets fails on it with a generation error
+        raise DataError(str(path), None, None, "no records: the Parquet file has no rows")
     try:
         loaded = (datasets.load_from_disk(str(path)) if path.is_dir()
                   else datasets.load_dataset("parquet", data_files=str(path), split="train"))
-    except (OSError, ValueError) as error:  # FileNotFoundError for a directory of something else, ArrowInvalid
-        raise DataError(str(path), None, None, f"cannot be read as {what}: {(str(error).splitlines() or [''])[0]}") from None
+    except (OSError, ValueError, DatasetGenerationError) as error:  # a directory of something else, ArrowInvalid, ...
+        cause = error.__cause__ if isinstance(error, DatasetGenerationError) and error.__cause__ else error
+        raise DataError(str(path), None, None, f"cannot be read as {what}: {(str(cause).splitlines() or [''])[0]}") from None
     if isinstance(loaded, datasets.DatasetDict):
         if "train" not in loaded:
             raise DataError(str(path), None, None, f"a DatasetDict needs a 'train' split, found {list(loaded)}")
         loaded = loaded["train"]
     return loaded
+
+
+def _parquet_row_count(path: Path) -> int | None:
+    """Rows in a Parquet file's footer, or None if it has no readable footer (load_dataset then says why)."""
+    import pyarrow.parquet
+
+    try:
+        return pyarrow.parquet.read_metadata(str(path)).num_rows
+    except (OSError, ValueError):  # ArrowInvalid is a ValueError
+        return None
 
 
 def _rows(path: Path) -> Iterator[tuple[int, object]]:

@@ -6,13 +6,15 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
+from mpo_dist.option import option
+
 from .base import LossOutput, PreferenceInputs, PreferenceLoss, require, reward_metrics
 
 
 @dataclass
 class CPOOptions:
-    beta: float = 0.1
-    nll_weight: float = 1.0
+    beta: float = option(0.1, "β: scale of the reference-free reward β·log π, > 0")
+    nll_weight: float = option(1.0, "weight of the chosen response's NLL (behaviour cloning), >= 0")
 
     def __post_init__(self) -> None:
         require(self.beta > 0, f"CPO beta must be > 0, got {self.beta}")

@@ -9,13 +9,15 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
+from mpo_dist.option import option
+
 from .base import LossOutput, PreferenceInputs, PreferenceLoss, require, reward_metrics
 
 
 @dataclass
 class DPOOptions:
-    beta: float = 0.1
-    label_smoothing: float = 0.0
+    beta: float = option(0.1, "β: scale of the implicit reward β·log(π/π_ref) (summed over tokens), > 0")
+    label_smoothing: float = option(0.0, "conservative DPO: assumed fraction of flipped preference labels, in [0, 0.5)")
 
     def __post_init__(self) -> None:
         require(self.beta > 0, f"DPO beta must be > 0, got {self.beta}")

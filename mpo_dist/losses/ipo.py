@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mpo_dist.option import option
+
 from .base import LossOutput, PreferenceInputs, PreferenceLoss, require, reward_metrics
 
 
 @dataclass
 class IPOOptions:
-    beta: float = 0.1
+    beta: float = option(0.1, "τ of IPO: the margin target is 1/(2τ), > 0")
 
     def __post_init__(self) -> None:
         require(self.beta > 0, f"IPO beta must be > 0, got {self.beta}")

@@ -6,11 +6,13 @@ the target shrinks the energy outside the top singular direction.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mpo_dist.option import option
 
 from .base import LossOutput, require
 
@@ -24,13 +26,13 @@ class MLCOptions:
     tau: softmax temperature.   layer: hidden-state layer to read (HF `hidden_states` index, −1 = final).
     dim: projection width.   eps: the normalisation epsilon of the paper."""
 
-    weight: float = 0.8
-    every: int = 2
-    tau: float = 0.2
-    layer: int = -1
-    dim: int = 512
-    languages: list[str] = field(default_factory=lambda: ["en", "zh", "ja", "ko", "ar", "bn", "sw"])
-    eps: float = 1e-12
+    weight: float = option(0.8, "λ in L = L_base + λ·L_MLC, >= 0")
+    every: int = option(2, "apply MLC on every N-th optimiser step, >= 1")
+    tau: float = option(0.2, "softmax temperature, > 0")
+    layer: int = option(-1, "hidden-state layer read (HF hidden_states index: 0 embeddings, -1 the final)")
+    dim: int = option(512, "width of the trained projection, >= 1")
+    languages: list[str] = option(["en", "zh", "ja", "ko", "ar", "bn", "sw"], "languages of each prompt made collinear, at least 2")
+    eps: float = option(1e-12, "the paper's normalisation epsilon, >= 0")
 
     def __post_init__(self) -> None:
         require(self.weight >= 0, f"MLC weight must be >= 0, got {self.weight}")

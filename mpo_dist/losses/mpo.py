@@ -12,6 +12,8 @@ from typing import Literal
 
 import torch.nn.functional as F
 
+from mpo_dist.option import option
+
 from .base import (LossOutput, PreferenceInputs, PreferenceLoss, SequenceLogps, as_loss_dtype, require,
                    reward_metrics)
 
@@ -40,11 +42,11 @@ class MPOOptions:
     alpha: weight of L2; 0 skips L2 and the hidden-state inputs are then not required.
     """
 
-    beta: float = 1.0
-    alpha: float = 1.0
-    gap: Literal["length_normalized", "dpo"] = "length_normalized"
-    length_normalize: bool = True
-    pooling: Literal["masked", "all_positions"] = "masked"
+    beta: float = option(1.0, "β: scales the target language's reward gap in L1, > 0 (1.0 Llama-3.1, 1.5 Gemma-2/Qwen2.5)")
+    alpha: float = option(1.0, "weight of L2 (dominant-language hidden states kept in place), >= 0; 0 skips L2")
+    gap: Literal["length_normalized", "dpo"] = option("length_normalized", "target gap: the policy's own A(y_w) - A(y_l), or dpo: log-ratios to the reference")
+    length_normalize: bool = option(True, "A = per-token mean log-prob (true) or the sum (false, paper ablation)")
+    pooling: Literal["masked", "all_positions"] = option("masked", "L2's hidden-state mean: non-padding tokens, or all_positions (the release's quirk)")
 
     def __post_init__(self) -> None:
         require(self.beta > 0, f"MPO beta must be > 0, got {self.beta}")

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mpo_dist.option import option
+
 from .base import LossOutput, PreferenceInputs, PreferenceLoss, require, reward_metrics
 
 _LOG_HALF = -math.log(2.0)
@@ -34,7 +36,7 @@ def log_odds(mean_logp: Tensor) -> Tensor:
 
 @dataclass
 class ORPOOptions:
-    lam: float = 0.1
+    lam: float = option(0.1, "λ: weight of the odds-ratio term added to the chosen response's NLL, >= 0")
 
     def __post_init__(self) -> None:
         require(self.lam >= 0, f"ORPO lam must be >= 0, got {self.lam}")

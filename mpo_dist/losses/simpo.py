@@ -6,13 +6,15 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
+from mpo_dist.option import option
+
 from .base import LossOutput, PreferenceInputs, PreferenceLoss, require, reward_metrics
 
 
 @dataclass
 class SimPOOptions:
-    beta: float = 2.0
-    gamma: float = 0.5
+    beta: float = option(2.0, "β: scale of the length-normalised reward, > 0")
+    gamma: float = option(0.5, "γ: target margin between the β-scaled chosen and rejected rewards")
 
     def __post_init__(self) -> None:
         require(self.beta > 0, f"SimPO beta must be > 0, got {self.beta}")

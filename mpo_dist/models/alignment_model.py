@@ -22,14 +22,21 @@ class ModelOutputs:
     mlc_vectors: torch.Tensor | None  # [P*L, D] projected prompt representations, or None without MLC
 
 
+def mlc_layer_problem(mlc_layer: int, num_layers: int) -> str | None:
+    """Why `mlc.layer` cannot index the hidden states of a `num_layers`-layer model, or None if it can."""
+    if -(num_layers + 1) <= mlc_layer <= num_layers:
+        return None
+    return (f"mlc.layer={mlc_layer} is out of range for a {num_layers}-layer model: expected -{num_layers + 1} to "
+            f"{num_layers} (the HF hidden_states index: 0 the embeddings, {num_layers} or -1 the final, after the norm)")
+
+
 class AlignmentModel(nn.Module):
     def __init__(self, causal_lm: PreTrainedModel, backend: str, chunk_size: int,
                  mlc_projection: nn.Module | None = None, mlc_layer: int = -1):
         super().__init__()
-        num_layers = causal_lm.config.num_hidden_layers
-        if mlc_projection is not None and not -(num_layers + 1) <= mlc_layer <= num_layers:
-            raise ValueError(f"mlc.layer={mlc_layer} is out of range for a {num_layers}-layer model: the HF hidden_states "
-                             f"index runs from 0 (embeddings) to {num_layers} (final, after the norm), or -1 for the final")
+        problem = mlc_layer_problem(mlc_layer, causal_lm.config.num_hidden_layers)
+        if mlc_projection is not None and problem:
+            raise ValueError(problem)  # check/model_dir.py reports it before any engine; reaching here is our bug
         softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
         causal_lm.lm_head = LogProbHead(causal_lm.lm_head, softcap, backend, chunk_size)
         self.causal_lm = causal_lm
