@@ -172,6 +172,13 @@ def test_tiny_plan_options_by_hand(shapes):
         **base, activation_checkpointing=False, attention="eager")).gpu)
     eager_scores = 4 * 4 * 8 * 8 * (4 + 2)  # sequences x heads x seq^2 x (fp32 softmax + bf16 probabilities)
     assert no_checkpointing["all layers' activations"] == 2 * (32 * 2320 + eager_scores)
+    packed = _bytes_by_name(plan_memory(shapes["tiny"], PlanSettings(
+        **base, activation_checkpointing=False, attention="eager", packing=True)).gpu)
+    packed_scores = 1 * 4 * (4 * 8) ** 2 * (4 + 2)  # one row of 4 sequences x 8 tokens: (S x T)^2, S = 4 times more
+    assert packed_scores == 4 * eager_scores
+    assert packed["all layers' activations"] == 2 * (32 * 2320 + packed_scores)
+    flash_packed = _bytes_by_name(plan_memory(shapes["tiny"], PlanSettings(**base, packing=True)).gpu)
+    assert flash_packed == _bytes_by_name(plan_memory(shapes["tiny"], PlanSettings(**base)).gpu)  # linear kernels
     assert "checkpointed layer inputs" not in no_checkpointing
     first_layer_only = _bytes_by_name(plan_memory(shapes["tiny"], PlanSettings(**base, checkpointed_layers=1)).gpu)
     assert first_layer_only["checkpointed layer inputs"] == 1 * 32 * 64 * 2

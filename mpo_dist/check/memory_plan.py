@@ -36,7 +36,7 @@ def plan_settings(config: Config, *, nodes: int, gpus_per_node: int, dtype: str,
         checkpointed_layers=config.model.checkpointed_layers,
         offload_optimizer=zero.get("offload_optimizer", {}).get("device") == "cpu", reference=reference,
         head_chunk=0 if config.model.logprob_backend in ("auto", "triton") else config.model.logprob_chunk_size,
-        attention="eager" if config.model.attn_implementation == "eager" else "flash",
+        attention="eager" if config.model.attn_implementation == "eager" else "flash", packing=config.data.packing,
         reduce_bucket_size=int(zero.get("reduce_bucket_size", DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE)),
         sub_group_size=int(zero.get("sub_group_size", DEEPSPEED_DEFAULT_SUB_GROUP_SIZE)))
 

@@ -62,6 +62,8 @@ def register(subparsers) -> None:
                         help="tokens per logits tile in the fused log-prob head; 0 = Triton kernel (default 4096)")
     parser.add_argument("--attention", choices=ATTENTION_KINDS, default="flash",
                         help="flash: memory-efficient attention (flash/SDPA); eager: keeps seq x seq scores")
+    parser.add_argument("--packing", action="store_true",
+                        help="data.packing: each micro-batch's sequences in one row (matters with --attention eager)")
     parser.add_argument("--reduce-bucket-size", type=_elements_or_auto, default=DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE,
                         help="zero_optimization.reduce_bucket_size in elements (DeepSpeed default 5e8), or auto: "
                              "hidden size squared, what a template's \"auto\" renders to")
@@ -88,7 +90,7 @@ def settings_from_args(args, shape: ModelShape) -> PlanSettings:
         dtype=args.dtype, grad_accum_dtype=args.grad_accum_dtype,
         activation_checkpointing=args.activation_checkpointing, checkpointed_layers=args.checkpointed_layers,
         offload_optimizer=args.offload_optimizer, reference=args.reference, head_chunk=args.head_chunk,
-        attention=args.attention, sub_group_size=args.sub_group_size,
+        attention=args.attention, packing=args.packing, sub_group_size=args.sub_group_size,
         reduce_bucket_size=auto_reduce_bucket_size(shape.hidden_size) if bucket == AUTO else bucket)
 
 
@@ -129,7 +131,7 @@ def render_table(plan: MemoryPlan, check: DeepSpeedCrossCheck) -> str:
         f"{s.dtype} ({s.grad_accum_dtype} gradients); "
         f"activation checkpointing {_checkpointing_text(s)}; "
         f"optimizer on {'CPU' if s.offload_optimizer else 'GPU'}; reference {s.reference}; "
-        f"head chunk {s.head_chunk or 'Triton'}; attention {s.attention}",
+        f"head chunk {s.head_chunk or 'Triton'}; attention {s.attention}{', packed rows' if s.packing else ''}",
         "",
         f"{'GPU memory per GPU':<52}{'phase':<20}{'GiB':>8}",
     ]

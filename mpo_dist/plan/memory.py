@@ -69,6 +69,9 @@ class PlanSettings:
     reference: str = "online"
     head_chunk: int = 4096
     attention: str = "flash"
+    # data.packing: a micro-batch's sequences end to end in one row; eager attention then keeps one (S x T)^2 score
+    # matrix per head instead of S matrices of T^2 (memory-efficient kernels are linear either way)
+    packing: bool = False
     reduce_bucket_size: int = DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE
     sub_group_size: int = DEEPSPEED_DEFAULT_SUB_GROUP_SIZE
 
@@ -262,10 +265,12 @@ def activation_components(shape: ModelShape, s: PlanSettings) -> list[Component]
     sequences = s.micro_batch * s.sequences_per_example
     layer = tokens * _layer_saved_bytes_per_token(shape)
     if s.attention == "eager":
-        layer += _eager_attention_bytes(shape, sequences, s.seq_len)
+        rows, row_len = (1, sequences * s.seq_len) if s.packing else (sequences, s.seq_len)
+        layer += _eager_attention_bytes(shape, rows, row_len)
     tokens_text = f"{tokens:,} tokens"
+    scores_text = " + eager attention scores" + (f" of one packed row of {sequences} sequences" if s.packing else "")
     layer_formula = (f"{tokens_text} x {_layer_saved_bytes_per_token(shape):,} B"
-                     + (" + eager attention scores" if s.attention == "eager" else ""))
+                     + (scores_text if s.attention == "eager" else ""))
     checkpointed = checkpointed_layer_count(shape, s)
     components = []
     if checkpointed:
