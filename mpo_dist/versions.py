@@ -11,6 +11,7 @@ import argparse
 import platform
 import re
 import sys
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,13 +52,19 @@ def constraints_text(lock: dict[str, str], lock_name: str) -> str:
 
 
 def installed_versions() -> dict[str, str]:
-    """Every distribution importable here, by canonical name (the first one on sys.path wins, as for imports)."""
+    """Every distribution installed in this environment's site-packages, by canonical name. Not all of sys.path:
+    once setuptools is imported it holds setuptools/_vendor, whose copies (an older `packaging`, ...) are not installs."""
     versions: dict[str, str] = {}
-    for distribution in metadata.distributions():
+    for distribution in metadata.distributions(path=site_packages()):
         name = distribution.metadata["Name"]
         if name:
             versions.setdefault(canonical(name), distribution.version)
     return versions
+
+
+def site_packages() -> list[str]:
+    paths = sysconfig.get_paths()
+    return list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
 
 
 def tested_ranges() -> dict[str, SpecifierSet]:

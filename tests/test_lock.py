@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 
@@ -66,7 +67,9 @@ def test_every_locked_package_is_pinned_with_a_hash_and_torch_is_left_to_set_up(
 def test_the_venv_holds_exactly_the_lock() -> None:
     if not (Path(sys.prefix) / ".mpo-dist-installed").is_file():
         pytest.skip("this environment was not built by launch/setup_env.sh")
-    installed = {canonical(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    # site-packages only: once setuptools is imported, sys.path also holds its _vendor copies (an older packaging)
+    site_packages = list({sysconfig.get_paths()[key] for key in ("purelib", "platlib")})
+    installed = {canonical(d.metadata["Name"]): d.version for d in metadata.distributions(path=site_packages)}
     expected = pins(LOCK) | pins(REPO_ROOT / "requirements/smollm2.lock")
     assert {name: installed.get(name) for name in expected} == expected
     assert set(installed) - set(expected) == {"torch", "mpo-dist"}

@@ -60,3 +60,11 @@ def test_check_prints_the_versions_and_warns_outside_the_ranges(tiny_models: dic
     assert main(args) == 0  # a warning, not an error
     warnings = [line for line in capsys.readouterr().out.splitlines() if "outside the tested range" in line]
     assert len(warnings) == 1 and warnings[0].startswith("warning: transformers 4.46.0 is outside")
+
+
+def test_installed_versions_are_the_installs_not_setuptools_vendored_copies() -> None:
+    import setuptools  # noqa: F401  (puts setuptools/_vendor, with its own older packaging, on sys.path)
+
+    found = versions.installed_versions()
+    assert found["packaging"] == metadata.version("packaging")  # the first on sys.path: the installed one
+    assert "mpo-dist" in found and "torch" in found
