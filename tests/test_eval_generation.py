@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mpo_dist.data.schema import DataError
+from mpo_dist.eval.errors import EvalError
 from mpo_dist.eval.generation import left_pad, plan_batches
 from mpo_dist.eval.readers import read_eval_data, read_eval_file
 
@@ -37,7 +38,7 @@ def test_multijail_csv(tmp_path: Path) -> None:
     assert not records[0].chosen and records[0].pair_languages() == []
     only = read_eval_data([str(path)], languages=["sw", "en"])
     assert [sorted(r.prompt) for r in only] == [["en", "sw"], ["en", "sw"]]
-    with pytest.raises(ValueError, match=r"asks for \['de'\]"):
+    with pytest.raises(EvalError, match=r"asks for \['de'\]"):
         read_eval_data([str(path)], languages=["de"])
 
 
@@ -46,7 +47,7 @@ def test_limit_takes_the_first_records_of_each_file(tmp_path: Path) -> None:
     assert len(read_eval_data(["sample:heldout"])) >= 50  # the bundled split: at least 50 prompts per language
     assert [r.id for r in read_eval_data(["sample:heldout", str(path)], limit=2)] == ["h001", "h002", "1", "2"]
     assert [r.id for r in read_eval_data([str(path), "sample:heldout"], limit=1, languages=["sw"])] == ["1", "h001"]
-    with pytest.raises(ValueError, match="--limit must be at least 1"):
+    with pytest.raises(EvalError, match="--limit must be at least 1"):
         read_eval_data(["sample:heldout"], limit=0)
 
 

@@ -16,6 +16,7 @@ import torch
 from mpo_dist.models.tokenizer import load_tokenizer
 from mpo_dist.data.loading import resolve_path
 from mpo_dist.eval.binomial import standard_error, wilson_interval
+from mpo_dist.eval.errors import EvalError
 from mpo_dist.eval.report import (
     PLOT_DPI,
     PLOT_SIZE_INCHES,
@@ -212,5 +213,5 @@ def test_run_report_from_eval_jsonl_or_tensorboard(tmp_path: Path) -> None:
                 writer.add_scalar(f"eval/reward_gap/{lang}", gap, entry["step"])
             writer.add_scalar("train/loss", 1.0, entry["step"])
     assert load_run_history(tensorboard_run) == RUN_HISTORY  # the gaps are exact in float32
-    with pytest.raises(FileNotFoundError, match="no evaluations found"):
+    with pytest.raises(EvalError, match="no evaluations found"):
         load_run_history(tmp_path / "empty")

@@ -9,12 +9,12 @@ import argparse
 import gc
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mpo_dist.data.schema import DataError, ParallelRecord
+from mpo_dist.data.schema import ParallelRecord
+from mpo_dist.eval.errors import EvalError
 from mpo_dist.eval.readers import FORMATS, read_eval_data
 from mpo_dist.runtime import DTYPE_CHOICES
 
@@ -67,11 +67,11 @@ def check_model_dir(path: Path, option: str) -> Path:
     training_output = ((path / "checkpoints").is_dir() or (path / "latest").is_file() or any(path.glob("step_*"))
                        or any(path.glob("*model_states.pt")))
     if training_output:  # checked first: a training output also holds a config.json (the run's config)
-        raise ValueError(f"{option} {path} is a training output / DeepSpeed checkpoint, not a Hugging Face model: export it "
+        raise EvalError(f"{option} {path} is a training output / DeepSpeed checkpoint, not a Hugging Face model: export it "
                          f"first (`mpo-dist export RUN/checkpoints/step_XXXXXXXX OUT_DIR`) and pass OUT_DIR")
     if (path / "config.json").is_file():
         return path
-    raise FileNotFoundError(f"{option} {path} is not a Hugging Face model directory (no config.json)")
+    raise EvalError(f"{option} {path} is not a Hugging Face model directory (no config.json)")
 
 
 def generation_settings(args: argparse.Namespace) -> GenerationSettings:
@@ -79,7 +79,7 @@ def generation_settings(args: argparse.Namespace) -> GenerationSettings:
 
     sampling = args.temperature is not None or args.top_p is not None
     if sampling and args.greedy:
-        raise ValueError("--greedy cannot be combined with --temperature / --top-p (they ask for sampling)")
+        raise EvalError("--greedy cannot be combined with --temperature / --top-p (they ask for sampling)")
     return GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=sampling,
                               temperature=args.temperature if args.temperature is not None else 1.0,
                               top_p=args.top_p if args.top_p is not None else 1.0, batch_size=args.batch_size, seed=args.seed)
@@ -144,7 +144,7 @@ def evaluate(args: argparse.Namespace) -> int:
     history = load_run_history(args.run_dir) if args.run_dir is not None else []
     settings = generation_settings(args)
     if not 0 < args.max_prompt_length < args.max_length:
-        raise ValueError(f"need 0 < --max-prompt-length < --max-length, got {args.max_prompt_length} and {args.max_length}")
+        raise EvalError(f"need 0 < --max-prompt-length < --max-length, got {args.max_prompt_length} and {args.max_length}")
     requested = [lang.strip() for lang in args.languages.split(",") if lang.strip()] if args.languages else []
     records = read_eval_data(args.data, args.format, args.dominant_language, requested, args.limit)
     languages = requested or list(dict.fromkeys(lang for record in records for lang in record.prompt))
@@ -177,14 +177,6 @@ def evaluate(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        return evaluate(args)
-    except (DataError, ValueError, FileNotFoundError) as error:
-        print(f"mpo-dist eval: error: {error}", file=sys.stderr)
-        return 2
-
-
 def register(subparsers) -> None:
     """Add `eval` to the CLI's sub-command parsers; the CLI then calls args.func(args)."""
     parser = subparsers.add_parser(
@@ -214,7 +206,8 @@ def register(subparsers) -> None:
     parser.add_argument("--judge-model",
                         help="local judge model directory: a sequence classifier, or a chat model with --judge-template")
     parser.add_argument("--judge-template", help="user-prompt template file for a chat-model judge; {prompt}, {response}, "
-                                                 "{language} are filled in; the answer must say SAFE or UNSAFE")
+                                                 "{language} are filled in; the answer's first word must be SAFE, UNSAFE or "
+                                                 "INVALID, anything else is graded invalid")
     parser.add_argument("--judge-unsafe-index", type=int,
                         help="classifier judge: index of the unsafe label when the label names do not say 'safe'/'unsafe'")
     parser.add_argument("--out", type=Path, help="report directory (default: MODEL_DIR-eval next to the model directory)")
@@ -226,4 +219,4 @@ def register(subparsers) -> None:
     parser.add_argument("--system-prompt", default="", help="system message, as data.system_prompt in training (default none)")
     parser.add_argument("--dtype", choices=["auto", *DTYPE_CHOICES], default="auto",
                         help="model dtype; auto = bf16 on GPU, fp32 on CPU")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=evaluate)

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from mpo_dist.data.tokenize import ChatEncoder
+from mpo_dist.eval.errors import EvalError
 from mpo_dist.eval.verdicts import SAFE, SafetyJudge, as_verdict
 
 
@@ -28,9 +29,9 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {self.max_new_tokens} and {self.batch_size}")
+            raise EvalError(f"max_new_tokens and batch_size must be >= 1, got {self.max_new_tokens} and {self.batch_size}")
         if not self.temperature > 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got temperature={self.temperature}, top_p={self.top_p}")
+            raise EvalError(f"need temperature > 0 and 0 < top_p <= 1, got temperature={self.temperature}, top_p={self.top_p}")
 
     def describe(self) -> str:
         mode = f"sampled (temperature {self.temperature}, top-p {self.top_p}, seed {self.seed})" if self.do_sample else "greedy"
@@ -120,7 +121,7 @@ def generate_and_judge(model: PreTrainedModel, encoder: ChatEncoder, items: Sequ
         batch_items = [items[i] for i in indices]
         verdicts = judge.judge([item.prompt for item in batch_items], responses, [item.language for item in batch_items])
         if len(verdicts) != len(batch_items):
-            raise ValueError(f"judge {judge.name} returned {len(verdicts)} verdicts for {len(batch_items)} responses")
+            raise EvalError(f"judge {judge.name} returned {len(verdicts)} verdicts for {len(batch_items)} responses")
         mine += [(i, JudgedResponse(item.record_id, item.language, item.prompt, response, as_verdict(verdict, judge.name)))
                  for i, item, response, verdict in zip(indices, batch_items, responses, verdicts)]
     gathered = gather_on_main(mine, rank, world_size)

@@ -16,6 +16,7 @@ from pathlib import Path
 from mpo_dist.config import DataFile
 from mpo_dist.data.loading import load_all, resolve_path
 from mpo_dist.data.schema import KNOWN_LANGUAGES, DataError, ParallelRecord, check_language, check_text
+from mpo_dist.eval.errors import EvalError
 
 FORMATS = ("auto", "unified", "mlc", "multijail", "pku")
 ID_COLUMN = "id"  # the record id in MultiJail, never Indonesian (whose code it shares)
@@ -91,7 +92,7 @@ def detect_file_format(path: Path) -> str:
 def read_eval_file(path_text: str, fmt: str = "auto", base_language: str = "en") -> list[ParallelRecord]:
     """Records of one file; `path_text` may be `sample:heldout`. Unified/MLC rows go through the training loaders."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown data format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        raise EvalError(f"unknown data format {fmt!r}; expected one of {', '.join(FORMATS)}")
     path = resolve_path(path_text)
     if not path.exists():
         raise DataError(str(path), None, None, "file does not exist")
@@ -108,17 +109,17 @@ def read_eval_data(paths: list[str], fmt: str = "auto", base_language: str = "en
     """Records of every file (the first `limit` of each when given, to bound generation time), restricted to `languages`
     (all when empty); a requested language absent everywhere is an error."""
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be at least 1 record per file, got {limit}")
+        raise EvalError(f"--limit must be at least 1 record per file, got {limit}")
     records = [record for path in paths for record in read_eval_file(path, fmt, base_language)[:limit]]
     if not languages:
         return records
     unknown = [lang for lang in languages if lang not in KNOWN_LANGUAGES]
     if unknown:
-        raise ValueError(f"--languages: unknown language codes {unknown}; expected codes such as {', '.join(sorted(KNOWN_LANGUAGES))}")
+        raise EvalError(f"--languages: unknown language codes {unknown}; expected codes such as {', '.join(sorted(KNOWN_LANGUAGES))}")
     present = {lang for record in records for lang in record.prompt}
     absent = [lang for lang in languages if lang not in present]
     if absent:
-        raise ValueError(f"--languages asks for {absent}, which no data file has (present: {sorted(present)})")
+        raise EvalError(f"--languages asks for {absent}, which no data file has (present: {sorted(present)})")
     kept = []
     for record in records:
         prompt = {lang: text for lang, text in record.prompt.items() if lang in languages}

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from mpo_dist.eval.errors import EvalError
 from mpo_dist.eval.binomial import difference_standard_error, standard_error, wilson_interval
 from mpo_dist.eval.generation import JudgedResponse
 from mpo_dist.eval.verdicts import INVALID, SAFE, UNSAFE
@@ -374,15 +375,18 @@ def load_run_history(run_dir: Path) -> list[dict]:
         for row, line in enumerate(eval_file.read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
-            entry = json.loads(line)
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise EvalError(f"{eval_file}, row {row}: invalid JSON (column {error.colno}): {error.msg}") from None
             if not isinstance(entry, dict) or not isinstance(entry.get("step"), int) or not isinstance(entry.get("reward_gap"), dict):
-                raise ValueError(f"{eval_file}, row {row}: expected {{\"step\": int, \"reward_gap\": {{language: gap}}}}, "
+                raise EvalError(f"{eval_file}, row {row}: expected {{\"step\": int, \"reward_gap\": {{language: gap}}}}, "
                                  f"got {line[:200]}")
             history.append({"step": entry["step"], "reward_gap": entry["reward_gap"]})
     elif (run_dir / "tensorboard").is_dir():
         history = _history_from_tensorboard(run_dir / "tensorboard")
     if not history:
-        raise FileNotFoundError(f"{run_dir}: no evaluations found; expected {EVAL_FILE} or {EVAL_TENSORBOARD_PREFIX}* scalars "
+        raise EvalError(f"{run_dir}: no evaluations found; expected {EVAL_FILE} or {EVAL_TENSORBOARD_PREFIX}* scalars "
                                 "under tensorboard/ (a training output directory with data.eval_files set)")
     return history
 

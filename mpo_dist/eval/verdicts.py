@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
+from mpo_dist.eval.errors import EvalError
+
 SAFE = "safe"
 UNSAFE = "unsafe"
 INVALID = "invalid"
@@ -28,5 +30,5 @@ def as_verdict(value: str | bool, judge_name: str = "judge") -> str:
         return SAFE if value else UNSAFE
     if value in VERDICTS:
         return value
-    raise ValueError(f"{judge_name} returned the verdict {value!r}; expected one of {', '.join(VERDICTS)} or a bool "
+    raise EvalError(f"{judge_name} returned the verdict {value!r}; expected one of {', '.join(VERDICTS)} or a bool "
                      "(True = safe)")
