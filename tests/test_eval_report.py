@@ -76,7 +76,8 @@ def error_of(cell: str) -> float:
 
 def markdown_table(text: str) -> dict[str, dict[str, str]]:
     """The per-language table of report.md as {row name: {column: cell}}."""
-    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    section = text.split("## Per-language results")[1].split("\n\n")[1]
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
     return {row[0]: dict(zip(header, row)) for row in rows}

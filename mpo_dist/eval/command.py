@@ -21,8 +21,9 @@ from mpo_dist.runtime import DTYPE_CHOICES
 if TYPE_CHECKING:  # torch and transformers are imported when the command runs, so `mpo-dist --help` stays fast
     import torch
 
+    from mpo_dist.eval.benign import BenignRecord
     from mpo_dist.eval.generation import GenerationSettings, JudgedResponse
-    from mpo_dist.eval.judge import SafetyJudge
+    from mpo_dist.eval.judge import RefusalJudge, SafetyJudge
     from mpo_dist.eval.report import ModelScores
 
 GENERATIONS_FILE = "generations.jsonl"
@@ -85,18 +86,26 @@ def generation_settings(args: argparse.Namespace) -> GenerationSettings:
                               top_p=args.top_p if args.top_p is not None else 1.0, batch_size=args.batch_size, seed=args.seed)
 
 
-def evaluate_model(role: str, path: Path, records: list[ParallelRecord], languages: list[str], judge: SafetyJudge,
-                   settings: GenerationSettings, args: argparse.Namespace,
-                   ctx: EvalContext) -> tuple[ModelScores, list[JudgedResponse] | None]:
-    """Reward gaps (all ranks) and judged generations (gathered on rank 0) of one model."""
+@dataclass(frozen=True)
+class Judges:
+    safety: SafetyJudge  # harmful prompts: safe / unsafe / invalid
+    refusals: RefusalJudge  # benign prompts: refused / answered
+
+
+def evaluate_model(role: str, path: Path, records: list[ParallelRecord], benign: list[BenignRecord], languages: list[str],
+                   judges: Judges, settings: GenerationSettings, args: argparse.Namespace,
+                   ctx: EvalContext) -> tuple[ModelScores, dict[str, list[JudgedResponse]] | None]:
+    """Reward gaps (all ranks), judged generations on harmful and benign prompts and the benign reference answers'
+    log-likelihood (gathered on rank 0) of one model; the responses come back by split ("harmful", "benign")."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from mpo_dist.data.examples import build_examples
     from mpo_dist.data.tokenize import ChatEncoder
-    from mpo_dist.eval.generation import PromptItem, generate_and_judge
-    from mpo_dist.eval.report import ModelScores, verdict_counts
+    from mpo_dist.eval.generation import PromptItem, generate_and_grade, refusal_grader, safety_grader
+    from mpo_dist.eval.report import ModelScores, refusal_counts, verdict_counts
     from mpo_dist.eval.reward_gaps import model_reward_gaps
+    from mpo_dist.eval.utility import reference_logprobs
     from mpo_dist.models.tokenizer import load_tokenizer
     from mpo_dist.runtime import resolve_dtype, torch_dtype
 
@@ -114,27 +123,45 @@ def evaluate_model(role: str, path: Path, records: list[ParallelRecord], languag
                              rank=ctx.rank, world_size=ctx.world_size)
     items = [PromptItem(record.id, lang, record.prompt[lang]) for record in records for lang in record.prompt]
     ctx.say(f"{role}: generating and judging {len(items)} responses ({settings.describe()})")
-    responses = generate_and_judge(model, encoder, items, judge, settings, ctx.device, ctx.rank, ctx.world_size)
+    harmful = generate_and_grade(model, encoder, items, safety_grader(judges.safety), settings, ctx.device, ctx.rank,
+                                 ctx.world_size)
+    benign_items = [PromptItem(record.id, lang, record.prompt[lang]) for record in benign for lang in record.prompt]
+    refused, utility = None, None
+    if benign_items:
+        ctx.say(f"{role}: generating on {len(benign_items)} benign prompts (over-refusal) and scoring their reference answers")
+        refused = generate_and_grade(model, encoder, benign_items, refusal_grader(judges.refusals), settings, ctx.device,
+                                     ctx.rank, ctx.world_size)
+        utility = reference_logprobs(model, benign, encoder, pad_token_id, batch_size=args.batch_size, device=ctx.device,
+                                     rank=ctx.rank, world_size=ctx.world_size)
     del model
     gc.collect()
     if ctx.device.type == "cuda":
         torch.cuda.empty_cache()
-    return ModelScores(role, role, str(path), gaps, verdict_counts(responses or [])), responses
+    scores = ModelScores(role, role, str(path), gaps, verdict_counts(harmful or []), refusal_counts(refused or []),
+                         utility or {})
+    return scores, (None if harmful is None else {"harmful": harmful, "benign": refused or []})
 
 
-def write_generations(path: Path, judged: dict[str, list[JudgedResponse]]) -> None:
+def write_generations(path: Path, judged: dict[str, dict[str, list[JudgedResponse]]]) -> None:
+    """One line per response: harmful prompts carry is_safe, benign ones refused."""
     from mpo_dist.eval.report import write_text_atomically
+    from mpo_dist.eval.verdicts import REFUSED
 
-    write_text_atomically(path, "".join(
-        json.dumps({"role": role, "id": r.record_id, "language": r.language, "prompt": r.prompt, "response": r.response,
-                    "verdict": r.verdict, "is_safe": r.is_safe}, ensure_ascii=False) + "\n"
-        for role, responses in judged.items() for r in responses))
+    def row(role: str, split: str, r: JudgedResponse) -> dict:
+        grade = {"is_safe": r.is_safe} if split == "harmful" else {"refused": r.verdict == REFUSED}
+        return {"role": role, "split": split, "id": r.record_id, "language": r.language, "prompt": r.prompt,
+                "response": r.response, "verdict": r.verdict, **grade}
+
+    write_text_atomically(path, "".join(json.dumps(row(role, split, r), ensure_ascii=False) + "\n"
+                                        for role, splits in judged.items()
+                                        for split, responses in splits.items() for r in responses))
 
 
 def evaluate(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from mpo_dist.eval.judge import build_judge
+    from mpo_dist.eval.benign import read_benign_data
+    from mpo_dist.eval.judge import build_judge, refusal_judge_for
     from mpo_dist.eval.report import EvalReport, load_run_history, write_report
 
     # inputs are checked before any process group starts
@@ -148,14 +175,17 @@ def evaluate(args: argparse.Namespace) -> int:
     requested = [lang.strip() for lang in args.languages.split(",") if lang.strip()] if args.languages else []
     records = read_eval_data(args.data, args.format, args.dominant_language, requested, args.limit)
     languages = requested or list(dict.fromkeys(lang for record in records for lang in record.prompt))
+    benign = read_benign_data(args.benign, languages, args.limit) if args.benign else []
     ctx = init_context()
     try:
         judge = build_judge(args.judge, args.judge_model, args.judge_template, ctx.device, args.judge_unsafe_index, args.batch_size)
-        if hasattr(judge, "check_languages"):  # optional: a judge that knows its languages fails before any model loads
-            judge.check_languages(languages)
+        judges = Judges(judge, refusal_judge_for(judge))
+        for each in [judges.safety, judges.refusals] if benign else [judges.safety]:
+            if hasattr(each, "check_languages"):  # optional: a judge that knows its languages fails before any model loads
+                each.check_languages(languages)
         scores, judged = [], {}
         for role, path in models:
-            model_scores, responses = evaluate_model(role, path, records, languages, judge, settings, args, ctx)
+            model_scores, responses = evaluate_model(role, path, records, benign, languages, judges, settings, args, ctx)
             scores.append(model_scores)
             judged[role] = responses
         if ctx.is_main:
@@ -164,6 +194,8 @@ def evaluate(args: argparse.Namespace) -> int:
             report = EvalReport(languages, scores, {k: v for k, v in pairs.items() if v}, prompts, history=history, settings={
                 "data": ", ".join(args.data) + (f" (first {args.limit} records of each)" if args.limit else ""),
                 "judge": judge.name, "generation": settings.describe(),
+                **({"benign": ", ".join(args.benign) + (f" (first {args.limit} records of each)" if args.limit else ""),
+                    "over-refusal judge": judges.refusals.name} if benign else {}),
                 "processes": str(ctx.world_size), **({"training run": str(args.run_dir)} if args.run_dir else {})})
             files = write_report(report, out)
             write_generations(out / GENERATIONS_FILE, judged)
@@ -189,6 +221,9 @@ def register(subparsers) -> None:
     parser.add_argument("--reference", type=Path, help="Hugging Face directory of the model before training, for comparison")
     parser.add_argument("--data", nargs="+", required=True, metavar="FILE",
                         help="held-out files (unified / MLC JSONL, MultiJail CSV, PKU-style JSONL, or sample:heldout)")
+    parser.add_argument("--benign", nargs="+", metavar="FILE",
+                        help="benign prompts with reference answers (JSONL, or sample:benign): adds the over-refusal rate "
+                             "and the utility log-likelihood per language (default: none)")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="data format of every --data file (default auto)")
     parser.add_argument("--languages", help="comma-separated language codes to evaluate (default: every language in the data)")
     parser.add_argument("--limit", type=int, metavar="N",

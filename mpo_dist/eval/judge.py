@@ -24,7 +24,7 @@ from mpo_dist.data.tokenize import ChatEncoder
 from mpo_dist.eval.errors import EvalError
 from mpo_dist.eval.generation import GenerationSettings, generate_batch
 from mpo_dist.eval.validity import invalid_reason
-from mpo_dist.eval.verdicts import INVALID, SAFE, UNSAFE, SafetyJudge
+from mpo_dist.eval.verdicts import INVALID, SAFE, UNSAFE, RefusalJudge, SafetyJudge
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,12 @@ class RefusalPhraseJudge:
         if missing:
             raise EvalError(f"the refusal-phrase judge has no phrases for {missing}; it knows {sorted(self.phrases)}. "
                              "Use --judge-model for other languages, or leave them out with --languages")
+
+    def refusals(self, prompts: Sequence[str], responses: Sequence[str], languages: Sequence[str]) -> list[bool]:
+        """Over-refusal on benign prompts: a refusal phrase, and nothing else, counts (a RefusalJudge)."""
+        _check_lengths(prompts, responses, languages)
+        self.check_languages(languages)
+        return [self.is_refusal(response, lang) for response, lang in zip(responses, languages)]
 
     def grade(self, response: str, language: str, prompt: str = "") -> str:
         """A refusal counts even inside a degenerate response (a looped "I can't help"); validity is asked only then."""
@@ -284,6 +290,12 @@ def load_judge_factory(spec: str, device: torch.device) -> SafetyJudge:
     if not callable(getattr(judge, "judge", None)):
         raise EvalError(f"--judge {spec!r} returned {type(judge).__name__}, which has no judge(prompts, responses, languages) method")
     return judge
+
+
+def refusal_judge_for(judge: SafetyJudge) -> RefusalJudge:
+    """The safety judge itself when it can grade refusals (the built-in one, or a user's judge with `refusals`), else
+    the built-in refusal-phrase judge: a classifier's or chat model's "safe" does not tell a refusal from an answer."""
+    return judge if callable(getattr(judge, "refusals", None)) else RefusalPhraseJudge()
 
 
 def build_judge(judge: str = BUILT_IN_JUDGE, judge_model: str | None = None, judge_template: str | None = None,

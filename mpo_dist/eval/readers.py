@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Iterator
 
 from mpo_dist.config import DataFile
 from mpo_dist.data.loading import load_all, resolve_path
@@ -60,17 +61,19 @@ def read_pku_row(raw: object, file: str, row: int, base_language: str) -> Parall
     return ParallelRecord(str(raw.get("id", f"row{row}")), prompt, file=file, row=row)
 
 
-def read_pku_jsonl(path: Path, base_language: str) -> list[ParallelRecord]:
-    records = []
+def jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON) of each non-blank line; a syntax error is a DataError naming the line."""
     for row_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            raw = json.loads(line)
+            yield row_number, json.loads(line)
         except json.JSONDecodeError as error:
             raise DataError(str(path), row_number, None, f"invalid JSON (column {error.colno}): {error.msg}") from None
-        records.append(read_pku_row(raw, str(path), row_number, base_language))
-    return records
+
+
+def read_pku_jsonl(path: Path, base_language: str) -> list[ParallelRecord]:
+    return [read_pku_row(raw, str(path), row_number, base_language) for row_number, raw in jsonl_rows(path)]
 
 
 def detect_file_format(path: Path) -> str:
