@@ -15,6 +15,7 @@ def _cases(tiny: Path, tmp: Path) -> list[tuple[list[str], str]]:
     (tmp / "bad_eval_run").mkdir(exist_ok=True)
     (tmp / "bad_eval_run" / "eval.jsonl").write_text("{not json\n")
     data = ["--data", "sample:heldout"]
+    (tmp / "pku.jsonl").write_text('{"prompt": "q", "prompt_de": "f"}\n')
     return [
         (["--model", str(tmp / "missing")] + data, "is not a Hugging Face model directory"),
         (["--model", str(tmp / "run")] + data, "export it first"),
@@ -27,6 +28,10 @@ def _cases(tiny: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["--model", str(tiny), "--judge-template", "t.txt"] + data, "need --judge-model"),
         (["--model", str(tiny), "--run-dir", str(tmp / "bad_eval_run")] + data, "row 1: invalid JSON"),
         (["--model", str(tiny), "--run-dir", str(tmp)] + data, "no evaluations found"),
+        (["--model", str(tiny), "--lm-eval-args=--limit 2"] + data, "--lm-eval-args needs --lm-eval-tasks"),
+        (["--model", str(tiny), "--lm-eval-tasks", "arc_easy", "--lm-eval-args=--device cuda"] + data, "must not contain"),
+        (["--model", str(tiny), "--benign", "sample:benign", "--languages", "en,de", "--data", str(tmp / "pku.jsonl")],
+         "--benign has no prompts in ['de']"),
     ]
 
 

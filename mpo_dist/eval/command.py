@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mpo_dist.data.schema import ParallelRecord
+from mpo_dist.eval.benchmarks import parse_lm_eval_options
 from mpo_dist.eval.errors import EvalError
 from mpo_dist.eval.readers import FORMATS, read_eval_data
 from mpo_dist.runtime import DTYPE_CHOICES
@@ -157,6 +158,20 @@ def write_generations(path: Path, judged: dict[str, dict[str, list[JudgedRespons
                                         for split, responses in splits.items() for r in responses))
 
 
+def run_benchmarks(scores: list[ModelScores], models: list[tuple[str, Path]], lm_eval: tuple[list[str], list[str]],
+                   out: Path, args: argparse.Namespace, ctx: EvalContext) -> None:
+    """lm-evaluation-harness on each model directory (rank 0's device), into OUT/lm_eval/<role>/."""
+    from mpo_dist.eval.benchmarks import run_lm_eval
+    from mpo_dist.runtime import resolve_dtype, torch_dtype
+
+    tasks, extra = lm_eval
+    dtype = str(torch_dtype(resolve_dtype(args.dtype, on_gpu=ctx.device.type == "cuda"))).removeprefix("torch.")
+    for model_scores, (role, path) in zip(scores, models):
+        ctx.say(f"{role}: lm-evaluation-harness on {', '.join(tasks)} (offline; log in {out / 'lm_eval' / role})")
+        model_scores.benchmarks = run_lm_eval(path, tasks, extra, device=str(ctx.device), dtype=dtype,
+                                              out_dir=out / "lm_eval" / role)
+
+
 def evaluate(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
@@ -176,6 +191,9 @@ def evaluate(args: argparse.Namespace) -> int:
     records = read_eval_data(args.data, args.format, args.dominant_language, requested, args.limit)
     languages = requested or list(dict.fromkeys(lang for record in records for lang in record.prompt))
     benign = read_benign_data(args.benign, languages, args.limit) if args.benign else []
+    lm_eval = parse_lm_eval_options(args.lm_eval_tasks, args.lm_eval_args) if args.lm_eval_tasks else None
+    if args.lm_eval_args and not args.lm_eval_tasks:
+        raise EvalError("--lm-eval-args needs --lm-eval-tasks")
     ctx = init_context()
     try:
         judge = build_judge(args.judge, args.judge_model, args.judge_template, ctx.device, args.judge_unsafe_index, args.batch_size)
@@ -188,7 +206,11 @@ def evaluate(args: argparse.Namespace) -> int:
             model_scores, responses = evaluate_model(role, path, records, benign, languages, judges, settings, args, ctx)
             scores.append(model_scores)
             judged[role] = responses
+        if dist.is_initialized():  # the last collective: lm-eval below runs on rank 0 alone, however long it takes
+            dist.barrier()
         if ctx.is_main:
+            if lm_eval is not None:
+                run_benchmarks(scores, models, lm_eval, out, args, ctx)
             pairs = {lang: sum(lang in record.pair_languages() for record in records) for lang in languages}
             prompts = {lang: sum(lang in record.prompt for record in records) for lang in languages}
             report = EvalReport(languages, scores, {k: v for k, v in pairs.items() if v}, prompts, history=history, settings={
@@ -196,13 +218,13 @@ def evaluate(args: argparse.Namespace) -> int:
                 "judge": judge.name, "generation": settings.describe(),
                 **({"benign": ", ".join(args.benign) + (f" (first {args.limit} records of each)" if args.limit else ""),
                     "over-refusal judge": judges.refusals.name} if benign else {}),
+                **({"benchmarks": f"lm-evaluation-harness, tasks {args.lm_eval_tasks}"
+                                  + (f", arguments {args.lm_eval_args}" if args.lm_eval_args else "")} if lm_eval else {}),
                 "processes": str(ctx.world_size), **({"training run": str(args.run_dir)} if args.run_dir else {})})
             files = write_report(report, out)
             write_generations(out / GENERATIONS_FILE, judged)
             print((out / "report.md").read_text(encoding="utf-8"))
             ctx.say(f"wrote {', '.join(str(p) for p in files.values())} and {out / GENERATIONS_FILE}")
-        if dist.is_initialized():
-            dist.barrier()
         return 0
     finally:
         if ctx.owns_process_group:
@@ -224,6 +246,13 @@ def register(subparsers) -> None:
     parser.add_argument("--benign", nargs="+", metavar="FILE",
                         help="benign prompts with reference answers (JSONL, or sample:benign): adds the over-refusal rate "
                              "and the utility log-likelihood per language (default: none)")
+    parser.add_argument("--lm-eval-tasks", metavar="T1,T2",
+                        help="also run these lm-evaluation-harness tasks on the model and the reference, offline (needs "
+                             "pip install 'mpo-dist[lmeval]'; tasks from the local datasets cache or local task files)")
+    parser.add_argument("--lm-eval-args", metavar="'ARGS'",
+                        help="more arguments for lm-eval run, as one quoted string, e.g. '--num_fewshot 0 --limit 100 "
+                             "--include_path my_tasks/ --batch_size 8' (not --model, --model_args, --tasks, --device, "
+                             "--output_path)")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="data format of every --data file (default auto)")
     parser.add_argument("--languages", help="comma-separated language codes to evaluate (default: every language in the data)")
     parser.add_argument("--limit", type=int, metavar="N",

@@ -76,6 +76,7 @@ class ModelScores:
     verdict_counts: dict[str, VerdictCounts] = field(default_factory=dict)  # language -> judged responses by verdict
     refusal_counts: dict[str, RefusalCounts] = field(default_factory=dict)  # language -> benign responses refused
     utility: dict[str, dict[str, float]] = field(default_factory=dict)  # language -> {benign record id: A(reference)}
+    benchmarks: dict[str, dict[str, tuple[float, float | None]]] = field(default_factory=dict)  # lm-eval: task -> metric -> (value, se)
 
     def rate_counts(self, name: str) -> dict[str, tuple[int, int]]:
         """(hits, trials) of one of RATES per language."""
@@ -202,6 +203,21 @@ def model_changes(report: EvalReport) -> dict[str, dict[str, float]]:
     return changes
 
 
+def benchmark_changes(report: EvalReport) -> dict[str, dict[str, dict[str, float | None]]]:
+    """lm-eval metrics both models have: {task: {metric: {"change": model - reference, "se": sqrt(se1² + se2²) or None}}}."""
+    by_role = {scores.role: scores.benchmarks for scores in report.scores}
+    before, after = by_role.get("reference", {}), by_role.get("model", {})
+    changes: dict[str, dict[str, dict[str, float | None]]] = {}
+    for task, metrics in after.items():
+        for metric, (value, error) in metrics.items():
+            if metric in before.get(task, {}):
+                value_before, error_before = before[task][metric]
+                known = error is not None and error_before is not None
+                changes.setdefault(task, {})[metric] = {
+                    "change": value - value_before, "se": difference_standard_error(error, error_before) if known else None}
+    return changes
+
+
 def metrics_dict(report: EvalReport) -> dict:
     results = {}
     for scores in report.scores:
@@ -214,9 +230,12 @@ def metrics_dict(report: EvalReport) -> dict:
             "label": scores.label, "source": scores.source, "per_language": per_language,
             "mean": {name: summary[name][0] for name in METRICS}, "variance": {name: summary[name][1] for name in METRICS},
             "mean_se": mean_se,
+            "benchmarks": {task: {metric: {"value": value, "stderr": error} for metric, (value, error) in metrics.items()}
+                           for task, metrics in scores.benchmarks.items()},
         }
     return {"languages": report.languages, "pairs": report.pairs, "prompts": report.prompts, "settings": report.settings,
-            "results": results, "change": model_changes(report), "run_history": report.history}
+            "results": results, "change": model_changes(report), "benchmark_change": benchmark_changes(report),
+            "run_history": report.history}
 
 
 # ---- tables ---------------------------------------------------------------------------------------------------------
@@ -274,6 +293,29 @@ def tradeoff_rows(metrics: dict, languages: list[str]) -> tuple[list[str], list[
     return header, [[row] + [_change_cell(changes, row, name) for name in present] for row in [*languages, "mean"]]
 
 
+def benchmark_rows(report: EvalReport, metrics: dict) -> tuple[list[str], list[list[str]]] | None:
+    """The lm-evaluation-harness table: one row per task and metric, each model's value ± its stderr, and with a
+    reference the change ± the error of the difference. None without --lm-eval-tasks."""
+    measured = [scores for scores in report.scores if scores.benchmarks]
+    if not measured:
+        return None
+    changes = metrics["benchmark_change"]
+    keys = list(dict.fromkeys((task, metric) for scores in measured for task, values in scores.benchmarks.items()
+                              for metric in values))
+    header = ["task", "metric"] + [scores.label for scores in measured] + (["change"] if changes else [])
+
+    def cell(value: float | None, error: float | None, sign: str = "") -> str:
+        return "n/a" if value is None else f"{value:{sign}.4f}" + (f" ± {error:.4f}" if error is not None else "")
+
+    rows = []
+    for task, metric in keys:
+        values = [scores.benchmarks.get(task, {}).get(metric, (None, None)) for scores in measured]
+        change = changes.get(task, {}).get(metric, {})
+        rows.append([task, metric] + [cell(*value) for value in values]
+                    + ([cell(change.get("change"), change.get("se"), "+")] if changes else []))
+    return header, rows
+
+
 def _settings_lines(report: EvalReport) -> list[tuple[str, str]]:
     return [(scores.label, scores.source) for scores in report.scores] + list(report.settings.items())
 
@@ -286,6 +328,9 @@ RATES_NOTE = ("Safety rate, ASR (attack-success rate) and invalid are the shares
               "prompts (--benign) refused; utility is the mean log-prob per token of their helpful reference answers "
               "(± its sample standard error; its change is paired prompt by prompt).")
 TRADEOFF_TITLE = "Trade-off: what got safer, and what it cost"
+BENCHMARKS_TITLE = "Benchmarks (lm-evaluation-harness)"
+BENCHMARKS_NOTE = ("Scores as lm-evaluation-harness reports them, ± its standard error; the change is model - reference "
+                   "with the error of the difference of independent estimates.")
 TRADEOFF_NOTE = ("Model - reference, ± the error of the change. A language that got safer (safety rate up) while "
                  "over-refusal rose or utility fell paid for it; a change under about twice its ± can be noise.")
 
@@ -310,6 +355,9 @@ def render_markdown(report: EvalReport, metrics: dict, plots: list[Path]) -> str
     tradeoff = tradeoff_rows(metrics, report.languages)
     if tradeoff is not None:
         lines += [f"## {TRADEOFF_TITLE}", ""] + _markdown_table(*tradeoff) + ["", TRADEOFF_NOTE, ""]
+    benchmarks = benchmark_rows(report, metrics)
+    if benchmarks is not None:
+        lines += [f"## {BENCHMARKS_TITLE}", ""] + _markdown_table(*benchmarks) + ["", BENCHMARKS_NOTE, ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{plot.stem}]({plot.name})" for plot in plots] + [""]
     return "\n".join(lines)
@@ -318,8 +366,11 @@ def render_markdown(report: EvalReport, metrics: dict, plots: list[Path]) -> str
 def render_html(report: EvalReport, metrics: dict, plots: list[Path]) -> str:
     settings = "".join(f"<li><b>{html.escape(name)}</b>: {html.escape(value)}</li>" for name, value in _settings_lines(report))
     tradeoff = tradeoff_rows(metrics, report.languages)
-    tradeoff_html = ("" if tradeoff is None else f"<h2>{html.escape(TRADEOFF_TITLE)}</h2>{_html_table(*tradeoff)}"
+    sections = ("" if tradeoff is None else f"<h2>{html.escape(TRADEOFF_TITLE)}</h2>{_html_table(*tradeoff)}"
                                                  f"<p>{html.escape(TRADEOFF_NOTE)}</p>")
+    benchmarks = benchmark_rows(report, metrics)
+    sections += ("" if benchmarks is None else f"<h2>{html.escape(BENCHMARKS_TITLE)}</h2>{_html_table(*benchmarks)}"
+                                                    f"<p>{html.escape(BENCHMARKS_NOTE)}</p>")
     images = "".join(f'<p><img src="{html.escape(plot.name)}" alt="{html.escape(plot.stem)}"></p>' for plot in plots)
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
              "td,th{border:1px solid #bbb;padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}")
@@ -327,7 +378,7 @@ def render_html(report: EvalReport, metrics: dict, plots: list[Path]) -> str:
             f"<style>{style}</style></head><body><h1>mpo-dist evaluation report</h1><ul>{settings}</ul>"
             f"<h2>Per-language results</h2>{_html_table(*table_rows(report, metrics))}"
             f"<p>Reward gap = A(chosen) - A(rejected), A = mean response-token log-prob. {html.escape(RATES_NOTE)} "
-            f"Mean and variance across languages (population variance).</p>{tradeoff_html}{images}</body></html>\n")
+            f"Mean and variance across languages (population variance).</p>{sections}{images}</body></html>\n")
 
 
 # ---- files ----------------------------------------------------------------------------------------------------------
