@@ -15,7 +15,7 @@ from mpo_dist.data.schema import DataError
 from mpo_dist.data.tokenize import ChatEncoder, EncodedSequence
 from mpo_dist.errors import UserError
 from mpo_dist.eval.benign import BenignRecord
-from mpo_dist.eval.generation import gather_on_main
+from mpo_dist.eval.generation import gather_on_main, plan_batches
 from mpo_dist.eval.reward_gaps import backbone_and_head
 
 
@@ -34,32 +34,32 @@ def encode_references(records: Sequence[BenignRecord], encoder: ChatEncoder) -> 
 
 
 @torch.inference_mode()
-def mean_response_logprobs(model: PreTrainedModel, sequences: Sequence[EncodedSequence], pad_token_id: int, *,
-                           batch_size: int, device: torch.device) -> list[float]:
-    """A = mean log-prob of the response tokens of each sequence (float64), through the fused training head."""
+def mean_response_logprobs(model: PreTrainedModel, sequences: Sequence[EncodedSequence], pad_token_id: int,
+                           device: torch.device) -> list[float]:
+    """A = mean log-prob of the response tokens of each sequence of one batch (float64), through the fused training head."""
     backbone, head = backbone_and_head(model)
-    means: list[float] = []
-    for start in range(0, len(sequences), batch_size):
-        chunk = sequences[start:start + batch_size]
-        tokens = pad_sequences([s.input_ids for s in chunk], [shifted_labels(s.input_ids, s.prompt_length) for s in chunk],
-                               pad_token_id)
-        labels = tokens.labels.to(device)
-        hidden = backbone(input_ids=tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device),
-                          use_cache=False).last_hidden_state
-        sums = head(hidden, labels).double().sum(dim=1)
-        means += (sums / (labels != IGNORE_INDEX).sum(dim=1)).tolist()
-    return means
+    tokens = pad_sequences([s.input_ids for s in sequences], [shifted_labels(s.input_ids, s.prompt_length) for s in sequences],
+                           pad_token_id)
+    labels = tokens.labels.to(device)
+    hidden = backbone(input_ids=tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device),
+                      use_cache=False).last_hidden_state
+    sums = head(hidden, labels).double().sum(dim=1)
+    return (sums / (labels != IGNORE_INDEX).sum(dim=1)).tolist()
 
 
 def reference_logprobs(model: PreTrainedModel, records: Sequence[BenignRecord], encoder: ChatEncoder, pad_token_id: int,
                        *, batch_size: int, device: torch.device, rank: int = 0,
                        world_size: int = 1) -> dict[str, dict[str, float]] | None:
-    """{language: {record id: A}} on rank 0 (None elsewhere); rank r scores every world_size-th sequence."""
+    """{language: {record id: A}} on rank 0 (None elsewhere). Batches are planned before sharding, as for generation
+    (mpo_dist.eval.generation.plan_batches, batch b on rank b % world_size), so each sequence is padded the same way and
+    1 and N processes give the same numbers."""
     encoded = encode_references(records, encoder)
-    mine = encoded[rank::world_size]
-    values = mean_response_logprobs(model, [sequence for _, _, sequence in mine], pad_token_id, batch_size=batch_size,
-                                    device=device)
-    gathered = gather_on_main([(record_id, lang, value) for (record_id, lang, _), value in zip(mine, values)], rank, world_size)
+    mine = []
+    for batch_index, indices in enumerate(plan_batches([len(s.input_ids) for _, _, s in encoded], batch_size)):
+        if batch_index % world_size == rank:
+            values = mean_response_logprobs(model, [encoded[i][2] for i in indices], pad_token_id, device)
+            mine += [(encoded[i][0], encoded[i][1], value) for i, value in zip(indices, values)]
+    gathered = gather_on_main(mine, rank, world_size)
     if gathered is None:
         return None
     by_language: dict[str, dict[str, float]] = {}
