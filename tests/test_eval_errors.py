@@ -29,6 +29,8 @@ def _cases(tiny: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["--model", str(tiny), "--run-dir", str(tmp / "bad_eval_run")] + data, "row 1: invalid JSON"),
         (["--model", str(tiny), "--run-dir", str(tmp)] + data, "no evaluations found"),
         (["--model", str(tiny), "--lm-eval-args=--limit 2"] + data, "--lm-eval-args needs --lm-eval-tasks"),
+        (["--model", str(tiny), "--data", "sample:benign"], "a benign-prompt file (like sample:benign); pass it with --benign"),
+        (["--model", str(tiny), "--out", str(tmp / "pku.jsonl")] + data, "is a file; the report needs a directory"),
         (["--model", str(tiny), "--lm-eval-tasks", "arc_easy", "--lm-eval-args=--device cuda"] + data, "must not contain"),
         (["--model", str(tiny), "--benign", "sample:benign", "--languages", "en,de", "--data", str(tmp / "pku.jsonl")],
          "--benign has no prompts in ['de']"),
@@ -38,7 +40,8 @@ def _cases(tiny: Path, tmp: Path) -> list[tuple[list[str], str]]:
 def test_eval_input_mistakes_are_one_line_and_exit_2(tiny_models: dict[str, Path], tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
     for args, message in _cases(tiny_models["llama"], tmp_path):
-        assert main(["eval", *args, "--out", str(tmp_path / "out")]) == 2, args
+        out = [] if "--out" in args else ["--out", str(tmp_path / "out")]
+        assert main(["eval", *args, *out]) == 2, args
         stderr = capsys.readouterr().err
         assert stderr.startswith("mpo-dist eval: error: ") and stderr.count("\n") == 1, stderr
         assert message in stderr, (message, stderr)

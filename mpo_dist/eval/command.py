@@ -183,6 +183,8 @@ def evaluate(args: argparse.Namespace) -> int:
     model_dir = check_model_dir(args.model, "--model")
     models = ([("reference", check_model_dir(args.reference, "--reference"))] if args.reference else []) + [("model", model_dir)]
     out = args.out if args.out is not None else model_dir.parent / f"{model_dir.name}-eval"
+    if out.exists() and not out.is_dir():
+        raise EvalError(f"--out {out} is a file; the report needs a directory")
     history = load_run_history(args.run_dir) if args.run_dir is not None else []
     settings = generation_settings(args)
     if not 0 < args.max_prompt_length < args.max_length:

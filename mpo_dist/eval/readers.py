@@ -77,7 +77,9 @@ def read_pku_jsonl(path: Path, base_language: str) -> list[ParallelRecord]:
 
 
 def detect_file_format(path: Path) -> str:
-    """multijail for .csv; pku for .jsonl whose first row has a string prompt and no chosen; else the training loaders."""
+    """multijail for .csv; pku for .jsonl whose first row has a string prompt and no chosen; else the training loaders.
+    A benign-prompt file (reference answers, no chosen) is an error: read as harmful prompts, it would make its
+    refusals look like safety."""
     if path.suffix == ".csv":
         return "multijail"
     if path.suffix == ".jsonl" and path.is_file():
@@ -87,6 +89,9 @@ def detect_file_format(path: Path) -> str:
             row = json.loads(first)
         except json.JSONDecodeError:
             return "auto"  # the training loader reports the bad line
+        if isinstance(row, dict) and "reference" in row and "chosen" not in row:
+            raise EvalError(f"--data {path}: its rows have a 'reference' answer and no 'chosen': a benign-prompt file "
+                            "(like sample:benign); pass it with --benign, --data is for harmful prompts")
         if isinstance(row, dict) and isinstance(row.get("prompt", row.get("prompt_en")), str) and "chosen" not in row:
             return "pku"
     return "auto"
