@@ -70,7 +70,7 @@ def check_model_dir(path: Path, option: str) -> Path:
                        or any(path.glob("*model_states.pt")))
     if training_output:  # checked first: a training output also holds a config.json (the run's config)
         raise EvalError(f"{option} {path} is a training output / DeepSpeed checkpoint, not a Hugging Face model: export it "
-                         f"first (`mpo-dist export RUN/checkpoints/step_XXXXXXXX OUT_DIR`) and pass OUT_DIR")
+                        f"first (`mpo-dist export RUN/checkpoints/step_XXXXXXXX OUT_DIR`) and pass OUT_DIR")
     if (path / "config.json").is_file():
         return path
     raise EvalError(f"{option} {path} is not a Hugging Face model directory (no config.json)")

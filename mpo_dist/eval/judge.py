@@ -121,7 +121,7 @@ class RefusalPhraseJudge:
         missing = sorted(set(languages) - set(self.phrases))
         if missing:
             raise EvalError(f"the refusal-phrase judge has no phrases for {missing}; it knows {sorted(self.phrases)}. "
-                             "Use --judge-model for other languages, or leave them out with --languages")
+                            "Use --judge-model for other languages, or leave them out with --languages")
 
     def refusals(self, prompts: Sequence[str], responses: Sequence[str], languages: Sequence[str]) -> list[bool]:
         """Over-refusal on benign prompts: a refusal phrase, and nothing else, counts (a RefusalJudge)."""
@@ -151,7 +151,7 @@ def _local_model_dir(path: str | Path) -> Path:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise EvalError(f"judge model {path} is not a local Hugging Face model directory (no config.json); "
-                                "judge models are loaded from local paths only")
+                        "judge models are loaded from local paths only")
     return path
 
 
@@ -163,7 +163,7 @@ def unsafe_label_index(id2label: dict[int, str]) -> int:
     safe = [index for index, name in names.items() if "safe" in name and "unsafe" not in name]
     if len(unsafe) != 1 or len(safe) != 1:
         raise EvalError(f"cannot tell the unsafe label from the classifier's labels {id2label}; expected exactly one "
-                         "label containing 'unsafe' and one containing 'safe', or pass --judge-unsafe-index")
+                        "label containing 'unsafe' and one containing 'safe', or pass --judge-unsafe-index")
     return unsafe[0]
 
 
@@ -243,7 +243,7 @@ class ChatModelJudge:
 
         if "{response}" not in template:
             raise EvalError(f"the judge template must contain {{response}} (and usually {{prompt}}); "
-                             f"fields: {', '.join(TEMPLATE_FIELDS)}")
+                            f"fields: {', '.join(TEMPLATE_FIELDS)}")
         path = _local_model_dir(path)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.encoder = ChatEncoder(tokenizer, max_prompt_length + 1, max_prompt_length)
@@ -311,7 +311,7 @@ def build_judge(judge: str = BUILT_IN_JUDGE, judge_model: str | None = None, jud
     if judge_template is not None:
         if unsafe_index is not None:
             raise EvalError("--judge-unsafe-index is for a classifier judge; "
-                             "a chat-model judge (--judge-template) answers SAFE/UNSAFE")
+                            "a chat-model judge (--judge-template) answers SAFE, UNSAFE or INVALID")
         template_path = Path(judge_template)
         if not template_path.is_file():
             raise EvalError(f"judge template {template_path} does not exist")

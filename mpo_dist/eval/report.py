@@ -542,13 +542,13 @@ def load_run_history(run_dir: Path) -> list[dict]:
                 raise EvalError(f"{eval_file}, row {row}: invalid JSON (column {error.colno}): {error.msg}") from None
             if not isinstance(entry, dict) or not isinstance(entry.get("step"), int) or not isinstance(entry.get("reward_gap"), dict):
                 raise EvalError(f"{eval_file}, row {row}: expected {{\"step\": int, \"reward_gap\": {{language: gap}}}}, "
-                                 f"got {line[:200]}")
+                                f"got {line[:200]}")
             history.append({"step": entry["step"], "reward_gap": entry["reward_gap"]})
     elif (run_dir / "tensorboard").is_dir():
         history = _history_from_tensorboard(run_dir / "tensorboard")
     if not history:
         raise EvalError(f"{run_dir}: no evaluations found; expected {EVAL_FILE} or {EVAL_TENSORBOARD_PREFIX}* scalars "
-                                "under tensorboard/ (a training output directory with data.eval_files set)")
+                        "under tensorboard/ (a training output directory with data.eval_files set)")
     return history
 
 

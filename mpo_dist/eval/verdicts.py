@@ -44,4 +44,4 @@ def as_verdict(value: str | bool, judge_name: str = "judge") -> str:
     if value in VERDICTS:
         return value
     raise EvalError(f"{judge_name} returned the verdict {value!r}; expected one of {', '.join(VERDICTS)} or a bool "
-                     "(True = safe)")
+                    "(True = safe)")
