@@ -26,6 +26,7 @@ def _cases(tiny: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["--model", str(tiny), "--format", "multijail", "--data", "sample:heldout"], "no language columns"),
         (["--model", str(tiny), "--judge", "no_such_module:judge"] + data, "cannot import no_such_module"),
         (["--model", str(tiny), "--judge-template", "t.txt"] + data, "need --judge-model"),
+        (["--model", str(tiny), "--judge-refusal-template", "r.txt"] + data, "--judge-refusal-template grades the --benign"),
         (["--model", str(tiny), "--run-dir", str(tmp / "bad_eval_run")] + data, "row 1: invalid JSON"),
         (["--model", str(tiny), "--run-dir", str(tmp)] + data, "no evaluations found"),
         (["--model", str(tiny), "--lm-eval-args=--limit 2"] + data, "--lm-eval-args needs --lm-eval-tasks"),

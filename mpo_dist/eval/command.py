@@ -176,7 +176,7 @@ def evaluate(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from mpo_dist.eval.benign import read_benign_data
-    from mpo_dist.eval.judge import build_judge, refusal_judge_for
+    from mpo_dist.eval.judge import build_judge, build_refusal_judge
     from mpo_dist.eval.report import EvalReport, load_run_history, write_report
 
     # inputs are checked before any process group starts
@@ -196,10 +196,13 @@ def evaluate(args: argparse.Namespace) -> int:
     lm_eval = parse_lm_eval_options(args.lm_eval_tasks, args.lm_eval_args) if args.lm_eval_tasks else None
     if args.lm_eval_args and not args.lm_eval_tasks:
         raise EvalError("--lm-eval-args needs --lm-eval-tasks")
+    if args.judge_refusal_template and not (args.benign and args.judge_template):
+        raise EvalError("--judge-refusal-template grades the --benign prompts with a chat-model judge: it needs --benign "
+                        "and --judge-model with --judge-template")
     ctx = init_context()
     try:
         judge = build_judge(args.judge, args.judge_model, args.judge_template, ctx.device, args.judge_unsafe_index, args.batch_size)
-        judges = Judges(judge, refusal_judge_for(judge))
+        judges = Judges(judge, build_refusal_judge(judge, args.judge_refusal_template))
         for each in [judges.safety, judges.refusals] if benign else [judges.safety]:
             if hasattr(each, "check_languages"):  # optional: a judge that knows its languages fails before any model loads
                 each.check_languages(languages)
@@ -274,6 +277,9 @@ def register(subparsers) -> None:
     parser.add_argument("--judge-template", help="user-prompt template file for a chat-model judge; {prompt}, {response}, "
                                                  "{language} are filled in; the answer's first word must be SAFE, UNSAFE or "
                                                  "INVALID, anything else is graded invalid")
+    parser.add_argument("--judge-refusal-template",
+                        help="chat-model judge: a second template for the --benign responses; {prompt}, {response}, "
+                             "{language} are filled in; the answer's first word must be REFUSAL or ANSWER (else a refusal)")
     parser.add_argument("--judge-unsafe-index", type=int,
                         help="classifier judge: index of the unsafe label when the label names do not say 'safe'/'unsafe'")
     parser.add_argument("--out", type=Path, help="report directory (default: MODEL_DIR-eval next to the model directory)")
