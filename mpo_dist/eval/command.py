@@ -255,9 +255,9 @@ def register(subparsers) -> None:
                         help="also run these lm-evaluation-harness tasks on the model and the reference, offline (needs "
                              "pip install 'mpo-dist[lmeval]'; tasks from the local datasets cache or local task files)")
     parser.add_argument("--lm-eval-args", metavar="'ARGS'",
-                        help="more arguments for lm-eval run, as one quoted string, e.g. '--num_fewshot 0 --limit 100 "
-                             "--include_path my_tasks/ --batch_size 8' (not --model, --model_args, --tasks, --device, "
-                             "--output_path)")
+                        help="more arguments for lm-eval run, as one quoted string after '=' (it starts with --), e.g. "
+                             "--lm-eval-args='--num_fewshot 0 --limit 100 --include_path my_tasks/' (not --model, "
+                             "--model_args, --tasks, --device, --output_path, --config)")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="data format of every --data file (default auto)")
     parser.add_argument("--languages", help="comma-separated language codes to evaluate (default: every language in the data)")
     parser.add_argument("--limit", type=int, metavar="N",
