@@ -3,6 +3,7 @@ JSONL file) on two tiny models, offline. The report holds what lm-eval itself wr
 and the change with the error of the difference; option mistakes are one-line errors."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -12,8 +13,8 @@ import pytest
 from mpo_dist.eval.benchmarks import metric_name, parse_lm_eval_options, read_results
 from mpo_dist.eval.errors import EvalError
 
-pytest.importorskip("lm_eval")
-
+needs_lm_eval = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
+                                   reason="lm-evaluation-harness is not installed (pip install 'mpo-dist[lmeval]')")
 TASK_DIR = Path(__file__).parent / "data" / "lm_eval_task"
 QUESTIONS = 4
 
@@ -26,6 +27,7 @@ def local_task(tmp_path: Path) -> Path:
     return tasks
 
 
+@needs_lm_eval
 def test_lm_eval_bridge_on_a_local_task(tiny_models: dict[str, Path], tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from mpo_dist.cli import main
@@ -73,6 +75,7 @@ def test_results_reader_and_metric_names(tmp_path: Path) -> None:
         read_results(tmp_path / "empty")
 
 
+@needs_lm_eval
 def test_a_failing_lm_eval_run_is_one_line_naming_its_log(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     from mpo_dist.eval.benchmarks import run_lm_eval
 
@@ -93,6 +96,7 @@ def test_missing_lm_eval_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
     ("arc_easy", "--tasks=mmlu", r"must not contain \['--tasks=mmlu'\]"),
     ("arc_easy", "--limit '3", "No closing quotation"),
 ])
-def test_lm_eval_option_mistakes(tasks: str, extra: str | None, message: str) -> None:
+def test_lm_eval_option_mistakes(tasks: str, extra: str | None, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mpo_dist.eval.benchmarks.importlib.util.find_spec", lambda name: object())  # installed or not
     with pytest.raises(EvalError, match=message):
         parse_lm_eval_options(tasks, extra)
