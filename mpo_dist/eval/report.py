@@ -195,7 +195,7 @@ def model_changes(report: EvalReport) -> dict[str, dict[str, float]]:
                 mean_standard_error([errors_after[lang] for lang in common])))
     common = [lang for lang in report.languages if before.utility.get(lang) and after.utility.get(lang)]
     for lang in common:
-        change, error, _ = paired_change(before.utility[lang], after.utility[lang])
+        change, error = paired_change(before.utility[lang], after.utility[lang])
         changes.setdefault(lang, {}).update({UTILITY: change, f"{UTILITY}_se": error})
     if common:
         errors = [changes[lang][f"{UTILITY}_se"] for lang in common]

@@ -15,11 +15,10 @@ def mean_and_error(values: Sequence[float]) -> tuple[float, float | None]:
     return mean, statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
 
 
-def paired_change(before: Mapping[str, float], after: Mapping[str, float]) -> tuple[float, float | None, int]:
-    """Mean of after - before over the keys both have, its standard error from the per-key differences (a paired
-    error: the prompt-to-prompt spread that before and after share cancels), and the number of pairs."""
+def paired_change(before: Mapping[str, float], after: Mapping[str, float]) -> tuple[float, float | None]:
+    """Mean of after - before over the keys both have, and its standard error from the per-key differences (a paired
+    error: the prompt-to-prompt spread that before and after share cancels)."""
     keys = [key for key in before if key in after]
     if not keys:
         raise ValueError("no key is in both before and after")
-    mean, error = mean_and_error([after[key] - before[key] for key in keys])
-    return mean, error, len(keys)
+    return mean_and_error([after[key] - before[key] for key in keys])
