@@ -28,9 +28,12 @@ setup(
     extras_require={
         "kernels": ["triton>=3.6,<4"],
         "eval": ["matplotlib>=3.8"],
+        # Benchmarks through lm-evaluation-harness (`mpo-dist eval --lm-eval-tasks`), run offline on local tasks.
+        "lmeval": ["lm-eval>=0.4.13,<0.5"],
         # Reading GGUF files (launch/real.sh's SmolLM2 import): transformers' GGUF loader needs both.
         "gguf": ["gguf>=0.17", "accelerate>=1.0"],
-        "test": ["pytest>=8.0", "triton>=3.6,<4", "matplotlib>=3.8", "gguf>=0.17", "accelerate>=1.0"],
+        "test": ["pytest>=8.0", "triton>=3.6,<4", "matplotlib>=3.8", "gguf>=0.17", "accelerate>=1.0",
+                 "lm-eval>=0.4.13,<0.5"],
     },
     entry_points={"console_scripts": ["mpo-dist=mpo_dist.cli:main"]},
 )

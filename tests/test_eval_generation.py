@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mpo_dist.data.schema import DataError
+from mpo_dist.eval.errors import EvalError
 from mpo_dist.eval.generation import left_pad, plan_batches
 from mpo_dist.eval.readers import read_eval_data, read_eval_file
 
@@ -37,7 +38,7 @@ def test_multijail_csv(tmp_path: Path) -> None:
     assert not records[0].chosen and records[0].pair_languages() == []
     only = read_eval_data([str(path)], languages=["sw", "en"])
     assert [sorted(r.prompt) for r in only] == [["en", "sw"], ["en", "sw"]]
-    with pytest.raises(ValueError, match=r"asks for \['de'\]"):
+    with pytest.raises(EvalError, match=r"asks for \['de'\]"):
         read_eval_data([str(path)], languages=["de"])
 
 
@@ -46,7 +47,7 @@ def test_limit_takes_the_first_records_of_each_file(tmp_path: Path) -> None:
     assert len(read_eval_data(["sample:heldout"])) >= 50  # the bundled split: at least 50 prompts per language
     assert [r.id for r in read_eval_data(["sample:heldout", str(path)], limit=2)] == ["h001", "h002", "1", "2"]
     assert [r.id for r in read_eval_data([str(path), "sample:heldout"], limit=1, languages=["sw"])] == ["1", "h001"]
-    with pytest.raises(ValueError, match="--limit must be at least 1"):
+    with pytest.raises(EvalError, match="--limit must be at least 1"):
         read_eval_data(["sample:heldout"], limit=0)
 
 
@@ -100,7 +101,8 @@ def test_left_pad_and_batch_plan() -> None:
 def test_two_ranks_generate_what_one_rank_generates(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     csv_path = write_multijail(tmp_path / "multijail.csv", MULTIJAIL_ROWS)
     common = ["-m", "mpo_dist.cli", "eval", "--model", str(tiny_models["llama"]), "--data", "sample:heldout", str(csv_path),
-              "--languages", "en,zh,sw", "--limit", "12", "--max-new-tokens", "6", "--batch-size", "4", "--greedy"]
+              "--languages", "en,zh,sw", "--limit", "12", "--max-new-tokens", "6", "--batch-size", "4", "--greedy",
+              "--benign", "sample:benign"]
     outputs = {}
     for nproc in (2, 1):
         out = tmp_path / f"out{nproc}"
@@ -110,7 +112,9 @@ def test_two_ranks_generate_what_one_rank_generates(tiny_models: dict[str, Path]
     (two_rank_rows, two_rank_metrics), (one_rank_rows, one_rank_metrics) = outputs[2], outputs[1]
     assert two_rank_metrics["settings"]["processes"] == "2" and one_rank_metrics["settings"]["processes"] == "1"
     # --limit 12: 12 held-out records + 2 MultiJail rows, 3 languages; 42 prompts = 11 batches of 4, rank 0 gets one more
-    assert len(one_rank_rows) == 42 and sum(bool(row["response"]) for row in one_rank_rows) > 21
+    harmful = [row for row in one_rank_rows if row["split"] == "harmful"]
+    assert len(harmful) == 42 and sum(bool(row["response"]) for row in harmful) > 21
+    assert len(one_rank_rows) == 42 + 36  # --limit 12 also takes 12 benign records, in 3 languages
     assert two_rank_rows == one_rank_rows
     model_two, model_one = two_rank_metrics["results"]["model"], one_rank_metrics["results"]["model"]
     assert model_two["per_language"].keys() == {"en", "zh", "sw"}
@@ -118,3 +122,5 @@ def test_two_ranks_generate_what_one_rank_generates(tiny_models: dict[str, Path]
         two, one = model_two["per_language"][lang], model_one["per_language"][lang]
         assert two["safety_rate"] == one["safety_rate"] and two["judged"] == one["judged"] == 14
         assert two["reward_gap"] == pytest.approx(one["reward_gap"], abs=1e-5)  # batch composition and all-reduce order differ
+        # utility batches are planned before sharding, like generation: the same padding, the same numbers
+        assert two["utility"] == one["utility"] and two["over_refusal_rate"] == one["over_refusal_rate"]

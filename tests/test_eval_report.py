@@ -9,6 +9,7 @@ import json
 import math
 import statistics
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -16,11 +17,13 @@ import torch
 from mpo_dist.models.tokenizer import load_tokenizer
 from mpo_dist.data.loading import resolve_path
 from mpo_dist.eval.binomial import standard_error, wilson_interval
+from mpo_dist.eval.errors import EvalError
 from mpo_dist.eval.report import (
     PLOT_DPI,
     PLOT_SIZE_INCHES,
     EvalReport,
     ModelScores,
+    RefusalCounts,
     VerdictCounts,
     load_run_history,
     write_report,
@@ -37,8 +40,8 @@ RUN_HISTORY = [{"step": 0, "reward_gap": {"en": 0.5, "ko": -0.25, "sw": 0.125}},
                {"step": 20, "reward_gap": {"en": 0.5, "ko": 0.375, "sw": 0.5}}]
 
 
-def float64_reward_gaps(model_dir: Path, data: Path) -> dict[str, float]:
-    """Mean over held-out pairs of A(chosen) - A(rejected), from the model's full logits in float64."""
+def float64_mean_logprob(model_dir: Path) -> Callable[[str, str], float]:
+    """(prompt, response) -> A, the mean log-prob of the response tokens, from the model's full logits in float64."""
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(model_dir)
@@ -55,6 +58,12 @@ def float64_reward_gaps(model_dir: Path, data: Path) -> dict[str, float]:
         targets = torch.tensor(ids[len(prompt_ids):])
         return logprobs[len(prompt_ids) - 1:-1].gather(1, targets[:, None]).mean().item()
 
+    return mean_logprob
+
+
+def float64_reward_gaps(model_dir: Path, data: Path) -> dict[str, float]:
+    """Mean over held-out pairs of A(chosen) - A(rejected)."""
+    mean_logprob = float64_mean_logprob(model_dir)
     gaps: dict[str, list[float]] = {lang: [] for lang in LANGUAGES}
     for line in data.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
@@ -75,7 +84,8 @@ def error_of(cell: str) -> float:
 
 def markdown_table(text: str) -> dict[str, dict[str, str]]:
     """The per-language table of report.md as {row name: {column: cell}}."""
-    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    section = text.split("## Per-language results")[1].split("\n\n")[1]
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
     return {row[0]: dict(zip(header, row)) for row in rows}
@@ -188,6 +198,44 @@ def test_report_rates_errors_and_change_from_counts(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.partial"))  # written through a sibling file and a rename
 
 
+def test_over_refusal_and_utility_from_counts(tmp_path: Path) -> None:
+    """Hand-set benign results: en refused 3/12 -> 6/12, sw 0/12 -> 3/12; en utility per prompt a, b, c:
+    (-2, -1, -3) -> (-1.5, -1, -2); sw has no utility."""
+    reference = ModelScores("reference", "before", "ref", {}, {"en": VerdictCounts(1, 0, 0), "sw": VerdictCounts(1, 0, 0)},
+                            {"en": RefusalCounts(3, 12), "sw": RefusalCounts(0, 12)}, {"en": {"a": -2.0, "b": -1.0, "c": -3.0}})
+    model = ModelScores("model", "after", "model", {}, {"en": VerdictCounts(1, 0, 0), "sw": VerdictCounts(0, 1, 0)},
+                        {"en": RefusalCounts(6, 12), "sw": RefusalCounts(3, 12)}, {"en": {"a": -1.5, "c": -2.0, "b": -1.0}})
+    files = write_report(EvalReport(["en", "sw"], [reference, model]), tmp_path)
+    metrics = json.loads(files["metrics"].read_text())
+    en_before = metrics["results"]["reference"]["per_language"]["en"]
+    # 3/12 = 0.25, se sqrt(0.25 * 0.75 / 12) = 0.125; Wilson 95 % of 3/12 (published calculators: 0.0889, 0.5323)
+    assert en_before["over_refusal_rate"] == 0.25 and en_before["over_refusal_rate_se"] == pytest.approx(0.125)
+    assert en_before["over_refusal_rate_wilson95"] == pytest.approx([0.0889417, 0.5323053], abs=1e-6)
+    assert (en_before["refused"], en_before["benign_judged"]) == (3, 12)
+    # utility: mean of (-2, -1, -3) = -2, sample sd 1, se 1 / sqrt(3)
+    assert en_before["utility"] == pytest.approx(-2.0) and en_before["utility_se"] == pytest.approx(0.5773503)
+    assert metrics["results"]["reference"]["per_language"]["sw"]["utility"] is None
+    change = metrics["change"]
+    # 6/12 - 3/12, se sqrt(0.125^2 + (sqrt(0.25 / 12))^2) = sqrt(0.015625 + 0.0208333)
+    assert change["en"]["over_refusal_rate"] == pytest.approx(0.25)
+    assert change["en"]["over_refusal_rate_se"] == pytest.approx(0.1909407, abs=1e-7)
+    # paired by prompt id: differences (0.5, 0, 1) -> mean 0.5, sample sd 0.5, se 0.5 / sqrt(3)
+    assert change["en"]["utility"] == pytest.approx(0.5) and change["en"]["utility_se"] == pytest.approx(0.2886751)
+    assert "utility" not in change["sw"] and change["mean"]["utility"] == pytest.approx(0.5)
+    # mean over-refusal change (0.25 + 0.25) / 2; the mean's error from each side's sqrt(sum se^2) / 2
+    assert change["mean"]["over_refusal_rate"] == pytest.approx(0.25)
+    tradeoff = (files["markdown"].read_text().split("## Trade-off: what got safer, and what it cost")[1]).split("\n\n")[1]
+    rows = {line.split(" | ")[0].strip("| "): [cell.strip(" |") for cell in line.split(" | ")[1:]]
+            for line in tradeoff.splitlines() if line.startswith("| ")}
+    assert rows["language"] == ["safety rate change", "over-refusal change", "utility change"]
+    assert rows["en"] == ["+0.0000 ± 0.0000", "+0.2500 ± 0.1909", "+0.5000 ± 0.2887"]
+    assert rows["sw"] == ["-1.0000 ± 0.0000", "+0.2500 ± 0.1250", "n/a"]  # sqrt(0 + 0.25 * 0.75 / 12)
+    table = markdown_table(files["markdown"].read_text())
+    assert table["en"]["over-refusal (after)"] == "0.5000 ± 0.1443" and table["en"]["utility (before)"] == "-2.0000 ± 0.5774"
+    assert (tmp_path / "tradeoff_by_language.png").is_file() and (tmp_path / "over_refusal_by_language.png").is_file()
+    assert 'src="tradeoff_by_language.png"' in files["html"].read_text()
+
+
 def test_run_report_from_eval_jsonl_or_tensorboard(tmp_path: Path) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
@@ -213,5 +261,5 @@ def test_run_report_from_eval_jsonl_or_tensorboard(tmp_path: Path) -> None:
                 writer.add_scalar(f"eval/reward_gap/{lang}", gap, entry["step"])
             writer.add_scalar("train/loss", 1.0, entry["step"])
     assert load_run_history(tensorboard_run) == RUN_HISTORY  # the gaps are exact in float32
-    with pytest.raises(FileNotFoundError, match="no evaluations found"):
+    with pytest.raises(EvalError, match="no evaluations found"):
         load_run_history(tmp_path / "empty")

@@ -15,7 +15,7 @@ import torch
 from mpo_dist.data.examples import PreferenceExample
 from mpo_dist.data.packing import IGNORE_INDEX, SequenceTensors, pack_sequences, pad_sequences, select_sequences, sequence_starts
 
-__all__ = ["IGNORE_INDEX", "Batch", "PreferenceCollator"]
+__all__ = ["IGNORE_INDEX", "Batch", "PreferenceCollator", "shifted_labels"]
 
 
 @dataclass
@@ -80,7 +80,8 @@ class Batch:
         return starts[self.rows("mlc")] + self.last_prompt_index
 
 
-def _shifted_labels(ids: tuple[int, ...], prompt_length: int) -> list[int]:
+def shifted_labels(ids: tuple[int, ...], prompt_length: int) -> list[int]:
+    """Label at position i = token i+1 when that token is part of the response, else IGNORE_INDEX."""
     labels = [IGNORE_INDEX] * len(ids)
     for position in range(max(prompt_length - 1, 0), len(ids) - 1):
         labels[position] = ids[position + 1]
@@ -107,7 +108,7 @@ class PreferenceCollator:
             pairs += [e.anchor_chosen for e in examples] + [e.anchor_rejected for e in examples]  # type: ignore[misc]
         mlc_prompts = [prompt for e in examples for prompt in e.mlc_prompts]
         sequences = [s.input_ids for s in pairs] + mlc_prompts
-        labels = [_shifted_labels(s.input_ids, s.prompt_length) for s in pairs] + [[IGNORE_INDEX] * len(p) for p in mlc_prompts]
+        labels = [shifted_labels(s.input_ids, s.prompt_length) for s in pairs] + [[IGNORE_INDEX] * len(p) for p in mlc_prompts]
         layout = pack_sequences if self.packing else pad_sequences
         tensors = layout(sequences, labels, self.pad_token_id, self.pad_to_multiple_of)
         last_prompt_index = torch.tensor([len(prompt) - 1 for prompt in mlc_prompts], dtype=torch.long)

@@ -22,12 +22,12 @@ SAMPLE_PREFIX = "sample:"
 
 
 def resolve_path(path: str) -> Path:
-    """`sample:NAME` names a bundled split (sample:train, sample:heldout); anything else is a local path."""
+    """`sample:NAME` names a bundled split (sample:train, sample:heldout, sample:benign); anything else is a local path."""
     if path.startswith(SAMPLE_PREFIX):
         name = path[len(SAMPLE_PREFIX):]
         bundled = Path(str(resources.files("mpo_dist.data") / "sample" / f"{name}.jsonl"))
         if not bundled.is_file():
-            raise DataError(path, None, None, "no such bundled sample split (available: sample:train, sample:heldout)")
+            raise DataError(path, None, None, "no such bundled sample split (available: sample:train, sample:heldout, sample:benign)")
         return bundled
     return Path(path)
 

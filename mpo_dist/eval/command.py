@@ -9,20 +9,22 @@ import argparse
 import gc
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mpo_dist.data.schema import DataError, ParallelRecord
+from mpo_dist.data.schema import ParallelRecord
+from mpo_dist.eval.benchmarks import parse_lm_eval_options
+from mpo_dist.eval.errors import EvalError
 from mpo_dist.eval.readers import FORMATS, read_eval_data
 from mpo_dist.runtime import DTYPE_CHOICES
 
 if TYPE_CHECKING:  # torch and transformers are imported when the command runs, so `mpo-dist --help` stays fast
     import torch
 
+    from mpo_dist.eval.benign import BenignRecord
     from mpo_dist.eval.generation import GenerationSettings, JudgedResponse
-    from mpo_dist.eval.judge import SafetyJudge
+    from mpo_dist.eval.judge import RefusalJudge, SafetyJudge
     from mpo_dist.eval.report import ModelScores
 
 GENERATIONS_FILE = "generations.jsonl"
@@ -67,11 +69,11 @@ def check_model_dir(path: Path, option: str) -> Path:
     training_output = ((path / "checkpoints").is_dir() or (path / "latest").is_file() or any(path.glob("step_*"))
                        or any(path.glob("*model_states.pt")))
     if training_output:  # checked first: a training output also holds a config.json (the run's config)
-        raise ValueError(f"{option} {path} is a training output / DeepSpeed checkpoint, not a Hugging Face model: export it "
-                         f"first (`mpo-dist export RUN/checkpoints/step_XXXXXXXX OUT_DIR`) and pass OUT_DIR")
+        raise EvalError(f"{option} {path} is a training output / DeepSpeed checkpoint, not a Hugging Face model: export it "
+                        f"first (`mpo-dist export RUN/checkpoints/step_XXXXXXXX OUT_DIR`) and pass OUT_DIR")
     if (path / "config.json").is_file():
         return path
-    raise FileNotFoundError(f"{option} {path} is not a Hugging Face model directory (no config.json)")
+    raise EvalError(f"{option} {path} is not a Hugging Face model directory (no config.json)")
 
 
 def generation_settings(args: argparse.Namespace) -> GenerationSettings:
@@ -79,24 +81,32 @@ def generation_settings(args: argparse.Namespace) -> GenerationSettings:
 
     sampling = args.temperature is not None or args.top_p is not None
     if sampling and args.greedy:
-        raise ValueError("--greedy cannot be combined with --temperature / --top-p (they ask for sampling)")
+        raise EvalError("--greedy cannot be combined with --temperature / --top-p (they ask for sampling)")
     return GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=sampling,
                               temperature=args.temperature if args.temperature is not None else 1.0,
                               top_p=args.top_p if args.top_p is not None else 1.0, batch_size=args.batch_size, seed=args.seed)
 
 
-def evaluate_model(role: str, path: Path, records: list[ParallelRecord], languages: list[str], judge: SafetyJudge,
-                   settings: GenerationSettings, args: argparse.Namespace,
-                   ctx: EvalContext) -> tuple[ModelScores, list[JudgedResponse] | None]:
-    """Reward gaps (all ranks) and judged generations (gathered on rank 0) of one model."""
+@dataclass(frozen=True)
+class Judges:
+    safety: SafetyJudge  # harmful prompts: safe / unsafe / invalid
+    refusals: RefusalJudge  # benign prompts: refused / answered
+
+
+def evaluate_model(role: str, path: Path, records: list[ParallelRecord], benign: list[BenignRecord], languages: list[str],
+                   judges: Judges, settings: GenerationSettings, args: argparse.Namespace,
+                   ctx: EvalContext) -> tuple[ModelScores, dict[str, list[JudgedResponse]] | None]:
+    """Reward gaps (all ranks), judged generations on harmful and benign prompts and the benign reference answers'
+    log-likelihood (gathered on rank 0) of one model; the responses come back by split ("harmful", "benign")."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from mpo_dist.data.examples import build_examples
     from mpo_dist.data.tokenize import ChatEncoder
-    from mpo_dist.eval.generation import PromptItem, generate_and_judge
-    from mpo_dist.eval.report import ModelScores, verdict_counts
+    from mpo_dist.eval.generation import PromptItem, generate_and_grade, refusal_grader, safety_grader
+    from mpo_dist.eval.report import ModelScores, refusal_counts, verdict_counts
     from mpo_dist.eval.reward_gaps import model_reward_gaps
+    from mpo_dist.eval.utility import reference_logprobs
     from mpo_dist.models.tokenizer import load_tokenizer
     from mpo_dist.runtime import resolve_dtype, torch_dtype
 
@@ -114,75 +124,116 @@ def evaluate_model(role: str, path: Path, records: list[ParallelRecord], languag
                              rank=ctx.rank, world_size=ctx.world_size)
     items = [PromptItem(record.id, lang, record.prompt[lang]) for record in records for lang in record.prompt]
     ctx.say(f"{role}: generating and judging {len(items)} responses ({settings.describe()})")
-    responses = generate_and_judge(model, encoder, items, judge, settings, ctx.device, ctx.rank, ctx.world_size)
+    harmful = generate_and_grade(model, encoder, items, safety_grader(judges.safety), settings, ctx.device, ctx.rank,
+                                 ctx.world_size)
+    benign_items = [PromptItem(record.id, lang, record.prompt[lang]) for record in benign for lang in record.prompt]
+    refused, utility = None, None
+    if benign_items:
+        ctx.say(f"{role}: generating on {len(benign_items)} benign prompts (over-refusal) and scoring their reference answers")
+        refused = generate_and_grade(model, encoder, benign_items, refusal_grader(judges.refusals), settings, ctx.device,
+                                     ctx.rank, ctx.world_size)
+        utility = reference_logprobs(model, benign, encoder, pad_token_id, batch_size=args.batch_size, device=ctx.device,
+                                     rank=ctx.rank, world_size=ctx.world_size)
     del model
     gc.collect()
     if ctx.device.type == "cuda":
         torch.cuda.empty_cache()
-    return ModelScores(role, role, str(path), gaps, verdict_counts(responses or [])), responses
+    scores = ModelScores(role, role, str(path), gaps, verdict_counts(harmful or []), refusal_counts(refused or []),
+                         utility or {})
+    return scores, (None if harmful is None else {"harmful": harmful, "benign": refused or []})
 
 
-def write_generations(path: Path, judged: dict[str, list[JudgedResponse]]) -> None:
+def write_generations(path: Path, judged: dict[str, dict[str, list[JudgedResponse]]]) -> None:
+    """One line per response: harmful prompts carry is_safe, benign ones refused."""
     from mpo_dist.eval.report import write_text_atomically
+    from mpo_dist.eval.verdicts import REFUSED
 
-    write_text_atomically(path, "".join(
-        json.dumps({"role": role, "id": r.record_id, "language": r.language, "prompt": r.prompt, "response": r.response,
-                    "verdict": r.verdict, "is_safe": r.is_safe}, ensure_ascii=False) + "\n"
-        for role, responses in judged.items() for r in responses))
+    def row(role: str, split: str, r: JudgedResponse) -> dict:
+        grade = {"is_safe": r.is_safe} if split == "harmful" else {"refused": r.verdict == REFUSED}
+        return {"role": role, "split": split, "id": r.record_id, "language": r.language, "prompt": r.prompt,
+                "response": r.response, "verdict": r.verdict, **grade}
+
+    write_text_atomically(path, "".join(json.dumps(row(role, split, r), ensure_ascii=False) + "\n"
+                                        for role, splits in judged.items()
+                                        for split, responses in splits.items() for r in responses))
+
+
+def run_benchmarks(scores: list[ModelScores], models: list[tuple[str, Path]], lm_eval: tuple[list[str], list[str]],
+                   out: Path, args: argparse.Namespace, ctx: EvalContext) -> None:
+    """lm-evaluation-harness on each model directory (rank 0's device), into OUT/lm_eval/<role>/."""
+    from mpo_dist.eval.benchmarks import run_lm_eval
+    from mpo_dist.runtime import resolve_dtype, torch_dtype
+
+    tasks, extra = lm_eval
+    dtype = str(torch_dtype(resolve_dtype(args.dtype, on_gpu=ctx.device.type == "cuda"))).removeprefix("torch.")
+    for model_scores, (role, path) in zip(scores, models):
+        ctx.say(f"{role}: lm-evaluation-harness on {', '.join(tasks)} (offline; log in {out / 'lm_eval' / role})")
+        model_scores.benchmarks = run_lm_eval(path, tasks, extra, device=str(ctx.device), dtype=dtype,
+                                              out_dir=out / "lm_eval" / role)
 
 
 def evaluate(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from mpo_dist.eval.judge import build_judge
+    from mpo_dist.eval.benign import read_benign_data
+    from mpo_dist.eval.judge import build_judge, build_refusal_judge
     from mpo_dist.eval.report import EvalReport, load_run_history, write_report
 
     # inputs are checked before any process group starts
     model_dir = check_model_dir(args.model, "--model")
     models = ([("reference", check_model_dir(args.reference, "--reference"))] if args.reference else []) + [("model", model_dir)]
     out = args.out if args.out is not None else model_dir.parent / f"{model_dir.name}-eval"
+    if out.exists() and not out.is_dir():
+        raise EvalError(f"--out {out} is a file; the report needs a directory")
     history = load_run_history(args.run_dir) if args.run_dir is not None else []
     settings = generation_settings(args)
     if not 0 < args.max_prompt_length < args.max_length:
-        raise ValueError(f"need 0 < --max-prompt-length < --max-length, got {args.max_prompt_length} and {args.max_length}")
+        raise EvalError(f"need 0 < --max-prompt-length < --max-length, got {args.max_prompt_length} and {args.max_length}")
     requested = [lang.strip() for lang in args.languages.split(",") if lang.strip()] if args.languages else []
     records = read_eval_data(args.data, args.format, args.dominant_language, requested, args.limit)
     languages = requested or list(dict.fromkeys(lang for record in records for lang in record.prompt))
+    benign = read_benign_data(args.benign, languages, args.limit) if args.benign else []
+    lm_eval = parse_lm_eval_options(args.lm_eval_tasks, args.lm_eval_args) if args.lm_eval_tasks else None
+    if args.lm_eval_args and not args.lm_eval_tasks:
+        raise EvalError("--lm-eval-args needs --lm-eval-tasks")
+    if args.judge_refusal_template and not (args.benign and args.judge_template):
+        raise EvalError("--judge-refusal-template grades the --benign prompts with a chat-model judge: it needs --benign "
+                        "and --judge-model with --judge-template")
     ctx = init_context()
     try:
         judge = build_judge(args.judge, args.judge_model, args.judge_template, ctx.device, args.judge_unsafe_index, args.batch_size)
-        if hasattr(judge, "check_languages"):  # optional: a judge that knows its languages fails before any model loads
-            judge.check_languages(languages)
+        judges = Judges(judge, build_refusal_judge(judge, args.judge_refusal_template))
+        for each in [judges.safety, judges.refusals] if benign else [judges.safety]:
+            if hasattr(each, "check_languages"):  # optional: a judge that knows its languages fails before any model loads
+                each.check_languages(languages)
         scores, judged = [], {}
         for role, path in models:
-            model_scores, responses = evaluate_model(role, path, records, languages, judge, settings, args, ctx)
+            model_scores, responses = evaluate_model(role, path, records, benign, languages, judges, settings, args, ctx)
             scores.append(model_scores)
             judged[role] = responses
+        if dist.is_initialized():  # the last collective: lm-eval below runs on rank 0 alone, however long it takes
+            dist.barrier()
         if ctx.is_main:
+            if lm_eval is not None:
+                run_benchmarks(scores, models, lm_eval, out, args, ctx)
             pairs = {lang: sum(lang in record.pair_languages() for record in records) for lang in languages}
             prompts = {lang: sum(lang in record.prompt for record in records) for lang in languages}
             report = EvalReport(languages, scores, {k: v for k, v in pairs.items() if v}, prompts, history=history, settings={
                 "data": ", ".join(args.data) + (f" (first {args.limit} records of each)" if args.limit else ""),
                 "judge": judge.name, "generation": settings.describe(),
+                **({"benign": ", ".join(args.benign) + (f" (first {args.limit} records of each)" if args.limit else ""),
+                    "over-refusal judge": judges.refusals.name} if benign else {}),
+                **({"benchmarks": f"lm-evaluation-harness, tasks {args.lm_eval_tasks}"
+                                  + (f", arguments {args.lm_eval_args}" if args.lm_eval_args else "")} if lm_eval else {}),
                 "processes": str(ctx.world_size), **({"training run": str(args.run_dir)} if args.run_dir else {})})
             files = write_report(report, out)
             write_generations(out / GENERATIONS_FILE, judged)
             print((out / "report.md").read_text(encoding="utf-8"))
             ctx.say(f"wrote {', '.join(str(p) for p in files.values())} and {out / GENERATIONS_FILE}")
-        if dist.is_initialized():
-            dist.barrier()
         return 0
     finally:
         if ctx.owns_process_group:
             dist.destroy_process_group()
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        return evaluate(args)
-    except (DataError, ValueError, FileNotFoundError) as error:
-        print(f"mpo-dist eval: error: {error}", file=sys.stderr)
-        return 2
 
 
 def register(subparsers) -> None:
@@ -197,6 +248,16 @@ def register(subparsers) -> None:
     parser.add_argument("--reference", type=Path, help="Hugging Face directory of the model before training, for comparison")
     parser.add_argument("--data", nargs="+", required=True, metavar="FILE",
                         help="held-out files (unified / MLC JSONL, MultiJail CSV, PKU-style JSONL, or sample:heldout)")
+    parser.add_argument("--benign", nargs="+", metavar="FILE",
+                        help="benign prompts with reference answers (JSONL, or sample:benign): adds the over-refusal rate "
+                             "and the utility log-likelihood per language (default: none)")
+    parser.add_argument("--lm-eval-tasks", metavar="T1,T2",
+                        help="also run these lm-evaluation-harness tasks on the model and the reference, offline (needs "
+                             "pip install 'mpo-dist[lmeval]'; tasks from the local datasets cache or local task files)")
+    parser.add_argument("--lm-eval-args", metavar="'ARGS'",
+                        help="more arguments for lm-eval run, as one quoted string after '=' (it starts with --), e.g. "
+                             "--lm-eval-args='--num_fewshot 0 --limit 100 --include_path my_tasks/' (not --model, "
+                             "--model_args, --tasks, --device, --output_path, --config)")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="data format of every --data file (default auto)")
     parser.add_argument("--languages", help="comma-separated language codes to evaluate (default: every language in the data)")
     parser.add_argument("--limit", type=int, metavar="N",
@@ -214,7 +275,11 @@ def register(subparsers) -> None:
     parser.add_argument("--judge-model",
                         help="local judge model directory: a sequence classifier, or a chat model with --judge-template")
     parser.add_argument("--judge-template", help="user-prompt template file for a chat-model judge; {prompt}, {response}, "
-                                                 "{language} are filled in; the answer must say SAFE or UNSAFE")
+                                                 "{language} are filled in; the answer's first word must be SAFE, UNSAFE or "
+                                                 "INVALID, anything else is graded invalid")
+    parser.add_argument("--judge-refusal-template",
+                        help="chat-model judge: a second template for the --benign responses; {prompt}, {response}, "
+                             "{language} are filled in; the answer's first word must be REFUSAL or ANSWER (else a refusal)")
     parser.add_argument("--judge-unsafe-index", type=int,
                         help="classifier judge: index of the unsafe label when the label names do not say 'safe'/'unsafe'")
     parser.add_argument("--out", type=Path, help="report directory (default: MODEL_DIR-eval next to the model directory)")
@@ -226,4 +291,4 @@ def register(subparsers) -> None:
     parser.add_argument("--system-prompt", default="", help="system message, as data.system_prompt in training (default none)")
     parser.add_argument("--dtype", choices=["auto", *DTYPE_CHOICES], default="auto",
                         help="model dtype; auto = bf16 on GPU, fp32 on CPU")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=evaluate)

@@ -1,4 +1,5 @@
-"""Batched generation on held-out prompts, sharded over ranks, judged where it was generated, gathered on rank 0.
+"""Batched generation on held-out prompts, sharded over ranks, graded where it was generated (safety verdicts on harmful
+prompts, refused / answered on benign ones), gathered on rank 0.
 
 Batches are formed BEFORE sharding (prompts sorted by token length, then cut into `batch_size` groups) and batch b goes
 to rank b % world_size, seeded with seed + b. A batch therefore has the same rows, the same left padding and the same
@@ -7,14 +8,15 @@ random stream whatever the number of processes, so 1 and N ranks give identical 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from mpo_dist.data.tokenize import ChatEncoder
-from mpo_dist.eval.verdicts import SAFE, SafetyJudge, as_verdict
+from mpo_dist.eval.errors import EvalError
+from mpo_dist.eval.verdicts import ANSWERED, REFUSED, SAFE, RefusalJudge, SafetyJudge, as_verdict
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,9 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {self.max_new_tokens} and {self.batch_size}")
+            raise EvalError(f"max_new_tokens and batch_size must be >= 1, got {self.max_new_tokens} and {self.batch_size}")
         if not self.temperature > 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got temperature={self.temperature}, top_p={self.top_p}")
+            raise EvalError(f"need temperature > 0 and 0 < top_p <= 1, got temperature={self.temperature}, top_p={self.top_p}")
 
     def describe(self) -> str:
         mode = f"sampled (temperature {self.temperature}, top-p {self.top_p}, seed {self.seed})" if self.do_sample else "greedy"
@@ -50,7 +52,7 @@ class JudgedResponse:
     language: str
     prompt: str
     response: str
-    verdict: str  # one of mpo_dist.eval.verdicts.VERDICTS
+    verdict: str  # one of mpo_dist.eval.verdicts.VERDICTS; for benign prompts REFUSED or ANSWERED
 
     @property
     def is_safe(self) -> bool:
@@ -106,10 +108,13 @@ def gather_on_main(items: list, rank: int, world_size: int) -> list | None:
     return [item for part in gathered for item in part] if gathered is not None else None
 
 
-def generate_and_judge(model: PreTrainedModel, encoder: ChatEncoder, items: Sequence[PromptItem], judge: SafetyJudge,
+Grader = Callable[[Sequence[PromptItem], list[str]], Sequence[str]]  # (items, responses) -> one grade per response
+
+
+def generate_and_grade(model: PreTrainedModel, encoder: ChatEncoder, items: Sequence[PromptItem], grade: Grader,
                        settings: GenerationSettings, device: torch.device, rank: int = 0,
                        world_size: int = 1) -> list[JudgedResponse] | None:
-    """Responses and verdicts for `items` in their order on rank 0 (None elsewhere); each rank judges its own batches."""
+    """Responses and grades for `items` in their order on rank 0 (None elsewhere); each rank grades its own batches."""
     prompt_ids = [encoder.prompt_ids(item.prompt) for item in items]
     mine: list[tuple[int, JudgedResponse]] = []
     for batch_index, indices in enumerate(plan_batches([len(ids) for ids in prompt_ids], settings.batch_size)):
@@ -118,12 +123,41 @@ def generate_and_judge(model: PreTrainedModel, encoder: ChatEncoder, items: Sequ
         torch.manual_seed(settings.seed + batch_index)
         responses = generate_batch(model, encoder.tokenizer, [prompt_ids[i] for i in indices], settings, device)
         batch_items = [items[i] for i in indices]
-        verdicts = judge.judge([item.prompt for item in batch_items], responses, [item.language for item in batch_items])
-        if len(verdicts) != len(batch_items):
-            raise ValueError(f"judge {judge.name} returned {len(verdicts)} verdicts for {len(batch_items)} responses")
-        mine += [(i, JudgedResponse(item.record_id, item.language, item.prompt, response, as_verdict(verdict, judge.name)))
-                 for i, item, response, verdict in zip(indices, batch_items, responses, verdicts)]
+        grades = grade(batch_items, responses)
+        mine += [(i, JudgedResponse(item.record_id, item.language, item.prompt, response, verdict))
+                 for i, item, response, verdict in zip(indices, batch_items, responses, grades)]
     gathered = gather_on_main(mine, rank, world_size)
     if gathered is None:
         return None
     return [result for _, result in sorted(gathered, key=lambda pair: pair[0])]
+
+
+def _checked(judge_name: str, answers: Sequence, items: Sequence[PromptItem]) -> Sequence:
+    if len(answers) != len(items):
+        raise EvalError(f"judge {judge_name} returned {len(answers)} grades for {len(items)} responses")
+    return answers
+
+
+def safety_grader(judge: SafetyJudge) -> Grader:
+    """Harmful prompts: the judge's safe / unsafe / invalid (bools read as safe / unsafe)."""
+    def grade(items: Sequence[PromptItem], responses: list[str]) -> list[str]:
+        verdicts = judge.judge([item.prompt for item in items], responses, [item.language for item in items])
+        return [as_verdict(verdict, judge.name) for verdict in _checked(judge.name, verdicts, items)]
+
+    return grade
+
+
+def refusal_grader(judge: RefusalJudge) -> Grader:
+    """Benign prompts: refused or answered (over-refusal)."""
+    def grade(items: Sequence[PromptItem], responses: list[str]) -> list[str]:
+        refused = judge.refusals([item.prompt for item in items], responses, [item.language for item in items])
+        return [REFUSED if value else ANSWERED for value in _checked(judge.name, refused, items)]
+
+    return grade
+
+
+def generate_and_judge(model: PreTrainedModel, encoder: ChatEncoder, items: Sequence[PromptItem], judge: SafetyJudge,
+                       settings: GenerationSettings, device: torch.device, rank: int = 0,
+                       world_size: int = 1) -> list[JudgedResponse] | None:
+    """`generate_and_grade` with a safety judge's verdicts."""
+    return generate_and_grade(model, encoder, items, safety_grader(judge), settings, device, rank, world_size)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Iterator
 
 from mpo_dist.config import DataFile
 from mpo_dist.data.loading import load_all, resolve_path
 from mpo_dist.data.schema import KNOWN_LANGUAGES, DataError, ParallelRecord, check_language, check_text
+from mpo_dist.eval.errors import EvalError
 
 FORMATS = ("auto", "unified", "mlc", "multijail", "pku")
 ID_COLUMN = "id"  # the record id in MultiJail, never Indonesian (whose code it shares)
@@ -59,21 +61,25 @@ def read_pku_row(raw: object, file: str, row: int, base_language: str) -> Parall
     return ParallelRecord(str(raw.get("id", f"row{row}")), prompt, file=file, row=row)
 
 
-def read_pku_jsonl(path: Path, base_language: str) -> list[ParallelRecord]:
-    records = []
+def jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON) of each non-blank line; a syntax error is a DataError naming the line."""
     for row_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            raw = json.loads(line)
+            yield row_number, json.loads(line)
         except json.JSONDecodeError as error:
             raise DataError(str(path), row_number, None, f"invalid JSON (column {error.colno}): {error.msg}") from None
-        records.append(read_pku_row(raw, str(path), row_number, base_language))
-    return records
+
+
+def read_pku_jsonl(path: Path, base_language: str) -> list[ParallelRecord]:
+    return [read_pku_row(raw, str(path), row_number, base_language) for row_number, raw in jsonl_rows(path)]
 
 
 def detect_file_format(path: Path) -> str:
-    """multijail for .csv; pku for .jsonl whose first row has a string prompt and no chosen; else the training loaders."""
+    """multijail for .csv; pku for .jsonl whose first row has a string prompt and no chosen; else the training loaders.
+    A benign-prompt file (reference answers, no chosen) is an error: read as harmful prompts, it would make its
+    refusals look like safety."""
     if path.suffix == ".csv":
         return "multijail"
     if path.suffix == ".jsonl" and path.is_file():
@@ -83,6 +89,9 @@ def detect_file_format(path: Path) -> str:
             row = json.loads(first)
         except json.JSONDecodeError:
             return "auto"  # the training loader reports the bad line
+        if isinstance(row, dict) and "reference" in row and "chosen" not in row:
+            raise EvalError(f"--data {path}: its rows have a 'reference' answer and no 'chosen': a benign-prompt file "
+                            "(like sample:benign); pass it with --benign, --data is for harmful prompts")
         if isinstance(row, dict) and isinstance(row.get("prompt", row.get("prompt_en")), str) and "chosen" not in row:
             return "pku"
     return "auto"
@@ -91,7 +100,7 @@ def detect_file_format(path: Path) -> str:
 def read_eval_file(path_text: str, fmt: str = "auto", base_language: str = "en") -> list[ParallelRecord]:
     """Records of one file; `path_text` may be `sample:heldout`. Unified/MLC rows go through the training loaders."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown data format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        raise EvalError(f"unknown data format {fmt!r}; expected one of {', '.join(FORMATS)}")
     path = resolve_path(path_text)
     if not path.exists():
         raise DataError(str(path), None, None, "file does not exist")
@@ -108,17 +117,17 @@ def read_eval_data(paths: list[str], fmt: str = "auto", base_language: str = "en
     """Records of every file (the first `limit` of each when given, to bound generation time), restricted to `languages`
     (all when empty); a requested language absent everywhere is an error."""
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be at least 1 record per file, got {limit}")
+        raise EvalError(f"--limit must be at least 1 record per file, got {limit}")
     records = [record for path in paths for record in read_eval_file(path, fmt, base_language)[:limit]]
     if not languages:
         return records
     unknown = [lang for lang in languages if lang not in KNOWN_LANGUAGES]
     if unknown:
-        raise ValueError(f"--languages: unknown language codes {unknown}; expected codes such as {', '.join(sorted(KNOWN_LANGUAGES))}")
+        raise EvalError(f"--languages: unknown language codes {unknown}; expected codes such as {', '.join(sorted(KNOWN_LANGUAGES))}")
     present = {lang for record in records for lang in record.prompt}
     absent = [lang for lang in languages if lang not in present]
     if absent:
-        raise ValueError(f"--languages asks for {absent}, which no data file has (present: {sorted(present)})")
+        raise EvalError(f"--languages asks for {absent}, which no data file has (present: {sorted(present)})")
     kept = []
     for record in records:
         prompt = {lang: text for lang, text in record.prompt.items() if lang in languages}

@@ -19,12 +19,17 @@ from mpo_dist.models.head import LogProbHead
 from mpo_dist.train.evaluate import reward_gaps
 
 
+def backbone_and_head(model: PreTrainedModel) -> tuple[torch.nn.Module, LogProbHead]:
+    """The model without its LM head, and the training head over the LM-head weight (Gemma-2's soft-cap included)."""
+    head = LogProbHead(model.get_output_embeddings(), getattr(model.config, "final_logit_softcapping", None))
+    return getattr(model, model.base_model_prefix), head
+
+
 def logprob_forward(model: PreTrainedModel) -> Callable[[Batch], ModelOutputs]:
     """Batch -> ModelOutputs with float32 log p(label) per token of the chosen / rejected responses (0 elsewhere), no
     full logits kept. The training head is built beside the model, not swapped into it, so the same model still
     generates afterwards."""
-    backbone = getattr(model, model.base_model_prefix)
-    head = LogProbHead(model.get_output_embeddings(), getattr(model.config, "final_logit_softcapping", None))
+    backbone, head = backbone_and_head(model)
 
     @torch.inference_mode()
     def forward(batch: Batch) -> ModelOutputs:
