@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from mpo_dist.check.preflight import preflight
     from mpo_dist.check.report import CheckReport
     from mpo_dist.config import ConfigError, load_config
-    from mpo_dist.eval.reference_gap import check_reference_gap
+    from mpo_dist.check.reference_gap import check_reference_gap
 
     overrides = list(args.set or []) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
     gpus_per_node = 1 if args.gpus_per_node is None else args.gpus_per_node

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from mpo_dist.data.data_file import DataFile
 from mpo_dist.data.schema import KNOWN_LANGUAGES
 from mpo_dist.errors import UserError
 from mpo_dist.losses import LOSSES
@@ -44,15 +45,6 @@ class ModelConfig:
     checkpointed_layers: int = option(-1, "with gradient_checkpointing: recompute only the first N decoder layers; "
                                           "-1 = all")
     attn_implementation: str = option("sdpa", "sdpa | eager | flash_attention_2")
-
-
-@dataclass
-class DataFile:
-    path: str = option(dataclasses.MISSING, "a .jsonl / .json / .parquet file, a `datasets` directory, or sample:train / sample:heldout")
-    format: str = option("auto", "auto | unified | mpo | mlc")
-    source_language: str = option("", "released MPO format only: language of source_* fields "
-                                      "(default: data.dominant_language)")
-    target_language: str = option("", "released MPO format only: language of target_* fields (required there)")
 
 
 @dataclass

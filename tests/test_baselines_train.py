@@ -20,7 +20,8 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from mpo_dist.models.tokenizer import load_tokenizer
-from mpo_dist.config import DataFile, load_config
+from mpo_dist.config import load_config
+from mpo_dist.data.data_file import DataFile
 from mpo_dist.data.loading import load_all
 from mpo_dist.data.schema import ParallelRecord
 from mpo_dist.data.tokenize import ChatEncoder

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mpo_dist.check.preflight import preflight
-from mpo_dist.eval.reference_gap import GapThresholds, check_reference_gap, pair_gaps
+from mpo_dist.check.reference_gap import GapThresholds, check_reference_gap, pair_gaps
 from mpo_dist.check.report import CheckReport
 from mpo_dist.cli import main
 from mpo_dist.config import load_config

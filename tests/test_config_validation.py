@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from mpo_dist.config import ConfigError, DataFile, load_config
+from mpo_dist.config import ConfigError, load_config
+from mpo_dist.data.data_file import DataFile
 from mpo_dist.engine.ds_config import DeepSpeedConfigError, render_policy_config, render_reference_config
 
 REQUIRED = ["model.path=/models/x"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mpo_dist.config import DataFile
+from mpo_dist.data.data_file import DataFile
 from mpo_dist.data.loading import load_all, load_records
 from mpo_dist.data.schema import KNOWN_LANGUAGES, DataError
 

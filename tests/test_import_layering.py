@@ -137,3 +137,49 @@ def test_no_import_cycles():
     described = ["; ".join(f"{source} -> {target} (line {graph[source][target]})" for source in component
                            for target in component if target in graph[source]) for component in found]
     assert not found, "modules that import each other in a circle:\n" + "\n".join(described)
+
+
+# The package order, lowest first (README.md, "Layout"): a module may import its own package and the layers below it,
+# never a layer above. Top-level modules are placed one by one: the shared base at the bottom, the commands at the top.
+LAYERS: list[set[str]] = [
+    {"errors", "option", "runtime", "run_files", "versions"},
+    {"kernels"}, {"data"}, {"models"}, {"losses"}, {"config"}, {"engine"}, {"eval"}, {"plan"}, {"check"}, {"train"},
+    {"cli", "check_command", "precompute_command", "checkpoint_commands", "import_command", "config_keys", "demo"},
+]
+
+
+def layer_of(module: str) -> int:
+    """The index in LAYERS of `module`'s package (mpo_dist.X or mpo_dist.X.Y -> X); the package root itself is 0."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return 0
+    for index, members in enumerate(LAYERS):
+        if parts[1] in members:
+            return index
+    raise AssertionError(f"{module}: mpo_dist.{parts[1]} has no place in LAYERS (tests/test_import_layering.py)")
+
+
+def upward_imports(graph: dict[str, dict[str, int]]) -> list[str]:
+    return [f"{source} -> {target} (line {line}): layer {layer_of(source)} imports layer {layer_of(target)}"
+            for source, targets in sorted(graph.items()) for target, line in targets.items()
+            if layer_of(target) > layer_of(source)]
+
+
+def test_no_package_imports_a_layer_above_it():
+    found = upward_imports(import_graph())
+    assert not found, "imports against the package order (README.md, 'Layout'):\n" + "\n".join(found)
+
+
+def test_an_upward_import_is_caught(tmp_path, monkeypatch):
+    """The order check itself, on a hand-written package whose data layer imports the training loop (deferred, as
+    such slips usually are) and whose training loop imports data (allowed)."""
+    root = tmp_path / PACKAGE
+    for package in ("data", "train"):
+        (root / package).mkdir(parents=True)
+        (root / package / "__init__.py").write_text("")
+    (root / "__init__.py").write_text("")
+    (root / "data" / "loading.py").write_text(f"def rows():\n    from {PACKAGE}.train import trainer\n    return trainer\n")
+    (root / "train" / "trainer.py").write_text(f"from {PACKAGE}.data import loading\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE_ROOT", root)
+    assert upward_imports(import_graph()) == [
+        f"{PACKAGE}.data.loading -> {PACKAGE}.train.trainer (line 2): layer 2 imports layer 10"]

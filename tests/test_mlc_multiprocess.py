@@ -20,7 +20,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from mpo_dist.models.tokenizer import load_tokenizer
-from mpo_dist.config import DataFile, load_config
+from mpo_dist.config import load_config
+from mpo_dist.data.data_file import DataFile
 from mpo_dist.data.loading import load_all, resolve_path
 from mpo_dist.data.tokenize import ChatEncoder
 from mpo_dist.losses.mlc import MLCProjection

@@ -20,7 +20,7 @@ from mpo_dist.losses import build_loss
 from mpo_dist.losses.mlc import MLCProjection
 from mpo_dist.models.alignment_model import AlignmentModel
 from mpo_dist.models.tiny import tiny_config
-from mpo_dist.train.evaluate import reward_gaps
+from mpo_dist.eval.reward_gaps import reward_gaps
 from mpo_dist.train.step import ReferencePlan, pooled_hidden, preference_inputs, reference_terms, total_loss
 from mpo_dist.train.trainer import Trainer
 

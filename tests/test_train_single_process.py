@@ -12,7 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from mpo_dist.models.tokenizer import load_tokenizer
-from mpo_dist.config import DataFile, load_config
+from mpo_dist.config import load_config
+from mpo_dist.data.data_file import DataFile
 from mpo_dist.data.loading import load_all
 from mpo_dist.data.tokenize import ChatEncoder
 from mpo_dist.train.trainer import SAMPLES_FILE, Trainer

@@ -2,7 +2,7 @@
 
 Everything a run needs is checked in seconds, on a login node too (docs/quickstart.md, "Check a run first"): the
 config, the model directory, every data file, row and field, the languages, the reference cache, the DeepSpeed
-templates, the step arithmetic and the memory plan. This package sits below mpo_dist.train (the trainer imports it);
-the command itself (mpo_dist/check_command.py) adds the resume checkpoint and MPO's reference reward gap
-(mpo_dist/eval/reference_gap.py), which need the training and evaluation layers.
+templates, the step arithmetic, the memory plan and, on request, MPO's reference reward gap (reference_gap.py, through
+the evaluation layer's reward gaps). This package sits below mpo_dist.train (the trainer imports it); the command
+itself (mpo_dist/check_command.py) adds the resume checkpoint, which needs the training layer.
 """

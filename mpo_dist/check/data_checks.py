@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections import Counter
 
 from mpo_dist.check.report import CheckReport
-from mpo_dist.config import Config, DataFile
+from mpo_dist.config import Config
+from mpo_dist.data.data_file import DataFile
 from mpo_dist.data.loading import load_records, require_unique_ids
 from mpo_dist.data.schema import DataError, ParallelRecord
 

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from mpo_dist.config import DataFile
+from mpo_dist.data.data_file import DataFile
 from mpo_dist.data.adapters import row_reader
 from mpo_dist.data.schema import DataError, ParallelRecord
 

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from mpo_dist.config import DataFile
+from mpo_dist.data.data_file import DataFile
 from mpo_dist.data.loading import load_all, resolve_path
 from mpo_dist.data.schema import KNOWN_LANGUAGES, DataError, ParallelRecord, check_language, check_text
 from mpo_dist.eval.errors import EvalError

@@ -13,6 +13,8 @@ from typing import Any, Mapping, TypeVar
 import torch
 from torch import Tensor
 
+from mpo_dist.data.packing import SequenceTensors, sequence_sums
+
 
 def as_loss_dtype(tensor: Tensor) -> Tensor:
     """Promote half-precision tensors to float32 (float64 stays float64): sums of thousands of log-probs
@@ -81,6 +83,12 @@ class SequenceLogps:
         return SequenceLogps(self.chosen_sum - reference.chosen_sum.detach(),
                              self.rejected_sum - reference.rejected_sum.detach(),
                              self.chosen_tokens, self.rejected_tokens)
+
+
+def pair_logps(token_logprobs: Tensor, tokens: SequenceTensors, chosen: slice, rejected: slice) -> SequenceLogps:
+    """The chosen and rejected sequences' sums and token counts, from per-token log-probs in either token layout."""
+    sums, counts = sequence_sums(token_logprobs, tokens)
+    return SequenceLogps(sums[chosen], sums[rejected], counts[chosen], counts[rejected])
 
 
 @dataclass

@@ -9,23 +9,11 @@ from dataclasses import dataclass
 import torch
 
 from mpo_dist.data.collate import Batch
-from mpo_dist.data.packing import IGNORE_INDEX, SequenceTensors, sequence_sums
+from mpo_dist.data.packing import IGNORE_INDEX, SequenceTensors
 from mpo_dist.engine.reference_terms import ReferenceTerms
-from mpo_dist.losses.base import LossOutput, PreferenceInputs, PreferenceLoss, SequenceLogps
+from mpo_dist.losses.base import LossOutput, PreferenceInputs, PreferenceLoss, SequenceLogps, pair_logps
 from mpo_dist.losses.mlc import mlc_loss
 from mpo_dist.models.alignment_model import ModelOutputs
-
-
-def pair_logps(token_logprobs: torch.Tensor, tokens: SequenceTensors, chosen: slice, rejected: slice) -> SequenceLogps:
-    sums, counts = sequence_sums(token_logprobs, tokens)
-    return SequenceLogps(sums[chosen], sums[rejected], counts[chosen], counts[rejected])
-
-
-def pair_reward_gaps(token_logprobs: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """[P] float64 A(chosen) - A(rejected) of each training pair (A = mean response-token log-prob): the held-out
-    reward gap that training evaluation and `check --reference-gap` report."""
-    logps = pair_logps(token_logprobs, batch.sequences(), batch.rows("chosen"), batch.rows("rejected"))
-    return (logps.chosen_mean() - logps.rejected_mean()).double()
 
 
 def pooled_hidden(hidden: torch.Tensor, tokens: SequenceTensors, sequences: slice, pooling: str) -> torch.Tensor:

@@ -33,6 +33,7 @@ from mpo_dist.engine.engines import (
 from mpo_dist.engine.hf_export import export_live_policy
 from mpo_dist.engine.reference_cache import ReferenceCache
 from mpo_dist.engine.universal import is_universal
+from mpo_dist.eval.reward_gaps import reward_gaps
 from mpo_dist.losses import build_loss
 from mpo_dist.losses.base import LossOutput
 from mpo_dist.losses.mlc import mlc_applies
@@ -40,7 +41,6 @@ from mpo_dist.run_files import EVAL_FILE, EVAL_TENSORBOARD_PREFIX
 from mpo_dist.runtime import seed_everything, torch_dtype
 from mpo_dist.train.build import model_options, reference_engine
 from mpo_dist.train.checkpoint import CheckpointManager, resolve_resume
-from mpo_dist.train.evaluate import reward_gaps
 from mpo_dist.train.logger import METRICS_FILE, RunLogger, peak_memory, setup_console_logging
 from mpo_dist.train.schedule import warmup_cosine
 from mpo_dist.train.preemption import COMPLETED_FILE, EXIT_REQUEUE, STOP_FILE, StopRequest

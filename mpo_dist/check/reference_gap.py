@@ -14,9 +14,8 @@ import torch
 from mpo_dist.check.report import CheckReport
 from mpo_dist.data.collate import PreferenceCollator
 from mpo_dist.data.examples import PreferenceExample
-from mpo_dist.eval.reward_gaps import logprob_forward
+from mpo_dist.eval.reward_gaps import logprob_forward, pair_reward_gaps
 from mpo_dist.runtime import torch_dtype
-from mpo_dist.train.step import pair_reward_gaps
 
 WARMUP_RECIPE = "configs/demo_warmup.yaml (the demo's English stage, docs/quickstart.md)"
 
