@@ -30,7 +30,7 @@ from mpo_dist.eval.report import (
     write_run_report,
 )
 
-from conftest import read_jsonl
+from conftest import REPO_ROOT, read_jsonl
 
 LANGUAGES = ["en", "ko", "sw"]
 RECORDS = 6  # the first held-out records: enough for means and variances, cheap enough for float64 full logits
@@ -263,3 +263,11 @@ def test_run_report_from_eval_jsonl_or_tensorboard(tmp_path: Path) -> None:
     assert load_run_history(tensorboard_run) == RUN_HISTORY  # the gaps are exact in float32
     with pytest.raises(EvalError, match="no evaluations found"):
         load_run_history(tmp_path / "empty")
+
+
+def test_the_python_api_in_the_docs_imports() -> None:
+    # docs/evaluation.md's "Python API" block is code a user pastes: every name it imports must exist
+    text = (REPO_ROOT / "docs/evaluation.md").read_text()
+    block = text.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    assert block.count("import") >= 10
+    exec(compile(block, "docs/evaluation.md (Python API)", "exec"), {})
