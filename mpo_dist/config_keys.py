@@ -1,4 +1,4 @@
-"""`mpo-dist config-keys`: every config key with its type, default and one-line meaning, read from the config
+"""What `mpo-dist config-keys` prints: every config key with its type, default and one-line meaning, read from the config
 dataclasses themselves (the meanings are their fields' metadata), so the list cannot drift from the code."""
 from __future__ import annotations
 
@@ -48,10 +48,3 @@ def render_config_keys() -> str:
                             for cell, width in zip((key, type_name, default), widths))
             lines.append(f"  {cells}{meaning}".rstrip())
     return "\n".join(lines).lstrip("\n")
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("config-keys", help="list every config key with its type, default and meaning",
-                                   description="Every key `--config` YAML and `--set KEY=VALUE` accept "
-                                               "(docs/configuration.md).")
-    parser.set_defaults(func=lambda args: print(render_config_keys()))

@@ -3,7 +3,6 @@
 References are independent of the planner: published parameter counts, hand arithmetic for a tiny
 model, DeepSpeed's own estimator, and the tensors a live DeepSpeed ZeRO-3 engine allocates.
 """
-import argparse
 import json
 import os
 import socket
@@ -23,7 +22,7 @@ from mpo_dist.plan import (
     plan_memory,
 )
 from mpo_dist.kernels.backward_budget import backward_temporary_bytes
-from mpo_dist.plan.command import register
+from mpo_dist.cli import main
 from mpo_dist.config import load_config
 from mpo_dist.engine.ds_config import render_policy_config, with_reduce_bucket_capped
 from mpo_dist.plan.memory import (
@@ -450,10 +449,7 @@ def test_llama_70b_mpo_fits_on_4_nodes_of_8_80gib_gpus(shapes):
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser(prog="mpo-dist")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)  # the real entry: its one place turns a user error into one line and exit 2
 
 
 def test_cli_json_report(capsys):

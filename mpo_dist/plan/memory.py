@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from math import ceil
 
 from mpo_dist.engine.ds_config import DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE, reduce_bucket_elements
+from mpo_dist.errors import UserError
 from mpo_dist.kernels.backward_budget import backward_temporary_bytes
 from mpo_dist.plan.model_shape import ModelShape
 
@@ -45,6 +46,11 @@ PHASES = (PERSISTENT, *STEP_PHASES)
 
 HALF = 2  # bytes of a bf16/fp16 element
 FP32 = 4
+
+
+class PlanError(UserError):
+    """A planner setting out of range (the message names the setting, as its `mpo-dist plan` option spells it less the
+    dashes)."""
 
 
 @dataclass(frozen=True)
@@ -79,22 +85,22 @@ class PlanSettings:
         for name in ("nodes", "gpus_per_node", "seq_len", "micro_batch", "sequences_per_example",
                      "reference_sequences_per_example", "reduce_bucket_size", "sub_group_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+                raise PlanError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("gpu_mem_gib", "cpu_mem_gib"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be a positive number of GiB, got {getattr(self, name)!r}")
+                raise PlanError(f"{name} must be a positive number of GiB, got {getattr(self, name)!r}")
         if not isinstance(self.checkpointed_layers, int) or self.checkpointed_layers < -1:
-            raise ValueError(f"checkpointed_layers must be -1 (all) or a number of layers >= 0, "
+            raise PlanError(f"checkpointed_layers must be -1 (all) or a number of layers >= 0, "
                              f"got {self.checkpointed_layers!r}")
         if not isinstance(self.head_chunk, int) or self.head_chunk < 0:
-            raise ValueError(f"head_chunk must be >= 0 tokens (0 = Triton kernel, no logits tile), "
+            raise PlanError(f"head_chunk must be >= 0 tokens (0 = Triton kernel, no logits tile), "
                              f"got {self.head_chunk!r}")
         for name, allowed in (("dtype", HALF_PRECISION_DTYPES), ("grad_accum_dtype", GRAD_ACCUM_DTYPES),
                               ("reference", REFERENCE_MODES), ("attention", ATTENTION_KINDS)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise PlanError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.grad_accum_dtype not in ("fp32", self.dtype):
-            raise ValueError(f"grad_accum_dtype must be fp32 or the training dtype {self.dtype}, got "
+            raise PlanError(f"grad_accum_dtype must be fp32 or the training dtype {self.dtype}, got "
                              f"{self.grad_accum_dtype!r} (DeepSpeed supports no other mix)")
 
     @property
@@ -255,7 +261,7 @@ def checkpointed_layer_count(shape: ModelShape, s: PlanSettings) -> int:
     if not s.activation_checkpointing:
         return 0
     if s.checkpointed_layers > shape.n_layers:
-        raise ValueError(f"checkpointed_layers {s.checkpointed_layers} is more than the model's {shape.n_layers} "
+        raise PlanError(f"checkpointed_layers {s.checkpointed_layers} is more than the model's {shape.n_layers} "
                          f"decoder layers")
     return shape.n_layers if s.checkpointed_layers == -1 else s.checkpointed_layers
 

@@ -1,27 +1,23 @@
-"""The `mpo-dist plan` sub-command: argument parsing and the table / JSON report."""
+"""`mpo-dist plan`: the options, turned into PlanSettings; mpo_dist.plan computes the plan and its table (docs/plan.md)."""
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from mpo_dist.engine.ds_config import auto_reduce_bucket_size
 from mpo_dist.plan.memory import (
     ATTENTION_KINDS,
     DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE,
     DEEPSPEED_DEFAULT_SUB_GROUP_SIZE,
-    GIB,
     GRAD_ACCUM_DTYPES,
     HALF_PRECISION_DTYPES,
-    PERSISTENT,
     REFERENCE_MODES,
-    DeepSpeedCrossCheck,
-    MemoryPlan,
     PlanSettings,
     compare_with_deepspeed,
     plan_memory,
 )
 from mpo_dist.plan.model_shape import ModelShape, bundled_model_names, load_model_shape
+from mpo_dist.plan.table import render_table
 
 AUTO = "auto"
 
@@ -95,13 +91,9 @@ def settings_from_args(args, shape: ModelShape) -> PlanSettings:
 
 
 def run(args) -> int:
-    try:
-        shape = load_model_shape(args.model)
-        settings = settings_from_args(args, shape)
-        plan = plan_memory(shape, settings)
-    except ValueError as error:  # ModelSpecError included
-        print(f"mpo-dist plan: error: {error}", file=sys.stderr)
-        return 2
+    shape = load_model_shape(args.model)
+    settings = settings_from_args(args, shape)
+    plan = plan_memory(shape, settings)
     check = compare_with_deepspeed(shape, settings.nodes, settings.gpus_per_node, settings.offload_optimizer,
                                    settings.sub_group_size, settings.grad_accum_dtype)
     if args.json:
@@ -109,52 +101,3 @@ def run(args) -> int:
     else:
         print(render_table(plan, check))
     return 0 if plan.fits else 1
-
-
-def _gib(num_bytes: int) -> str:
-    return f"{num_bytes / GIB:8.2f}"
-
-
-def _checkpointing_text(s: PlanSettings) -> str:
-    if not s.activation_checkpointing:
-        return "off"
-    return "on" if s.checkpointed_layers == -1 else f"on for the first {s.checkpointed_layers} layers"
-
-
-def render_table(plan: MemoryPlan, check: DeepSpeedCrossCheck) -> str:
-    shape, s = plan.shape, plan.settings
-    lines = [
-        f"model   {shape.name}: {shape.total_params / 1e9:.2f} B parameters, {shape.n_layers} layers, "
-        f"hidden {shape.hidden_size}, vocab {shape.vocab_size}, largest module {shape.largest_module_params:,}",
-        f"run     {s.nodes} node(s) x {s.gpus_per_node} GPUs = world {s.world_size}; {s.micro_batch} x "
-        f"{s.sequences_per_example} sequences x {s.seq_len} tokens = {s.tokens_per_micro_step:,} tokens/GPU; "
-        f"{s.dtype} ({s.grad_accum_dtype} gradients); "
-        f"activation checkpointing {_checkpointing_text(s)}; "
-        f"optimizer on {'CPU' if s.offload_optimizer else 'GPU'}; reference {s.reference}; "
-        f"head chunk {s.head_chunk or 'Triton'}; attention {s.attention}{', packed rows' if s.packing else ''}",
-        "",
-        f"{'GPU memory per GPU':<52}{'phase':<20}{'GiB':>8}",
-    ]
-    lines += [f"  {c.name:<50}{c.phase:<20}{_gib(c.bytes)}" for c in plan.gpu]
-    phases = plan.gpu_phase_bytes()
-    persistent = phases.pop(PERSISTENT, 0)
-    transient = ", ".join(f"{phase} {b / GIB:.2f}" for phase, b in phases.items())
-    lines += [
-        f"  peak = persistent {persistent / GIB:.2f} + max({transient}) GiB",
-        f"  {'peak per GPU':<70}{_gib(plan.gpu_peak_bytes)}  of {s.gpu_mem_gib:g} GiB, "
-        f"headroom {100 * plan.gpu_headroom:.1f} %",
-        "",
-        f"{'CPU memory per node':<72}{'GiB':>8}",
-    ]
-    lines += [f"  {c.name:<70}{_gib(c.bytes)}" for c in plan.cpu]
-    lines += [
-        f"  {'total per node':<70}{_gib(plan.cpu_bytes_per_node)}  of {s.cpu_mem_gib:g} GiB, "
-        f"headroom {100 * plan.cpu_headroom:.1f} %",
-        "",
-        f"DeepSpeed estimator cross-check (model states only): planner {check.planner_gpu_bytes / GIB:.2f} GiB/GPU, "
-        f"DeepSpeed {check.deepspeed_gpu_bytes / GIB:.2f} GiB/GPU ({100 * check.gpu_relative_difference:+.1f} %)",
-        *[f"  note: {note}" for note in check.notes],
-        "",
-        "FITS" if plan.fits else "DOES NOT FIT",
-    ]
-    return "\n".join(lines)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mpo_dist.cli.run_options import add_run_options, run_overrides
 from mpo_dist.errors import EXIT_USER_ERROR, UserError
 
 if TYPE_CHECKING:
@@ -20,9 +21,7 @@ def register(subparsers) -> None:
                     "the model directory, every data row, languages, the reference cache, the resume path, the DeepSpeed "
                     "templates, steps and planned memory for N x G GPUs. Exit 0: the run would start; 2: it would fail. "
                     "See docs/quickstart.md.")
-    parser.add_argument("--config", type=Path, help="the training YAML config")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, as for train")
-    parser.add_argument("--resume", help="none | auto | PATH, as for train")
+    add_run_options(parser, resume=True)
     parser.add_argument("--nodes", type=int, default=1, help="nodes of the run (default 1)")
     parser.add_argument("--gpus-per-node", type=int, help="ranks (GPUs) per node (default 1); giving it means a GPU run")
     parser.add_argument("--cpu", action="store_true", help="the ranks are CPU processes (as in the demo), not GPUs")
@@ -70,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from mpo_dist.config import ConfigError, load_config
     from mpo_dist.check.reference_gap import check_reference_gap
 
-    overrides = list(args.set or []) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
+    overrides = run_overrides(args)
     gpus_per_node = 1 if args.gpus_per_node is None else args.gpus_per_node
     try:
         if args.nodes < 1 or gpus_per_node < 1 or args.reference_gap < 0:

@@ -1,4 +1,4 @@
-"""`mpo-dist precompute-ref`: one pass of the frozen reference over the training examples, written as a sharded cache.
+"""One pass of the frozen reference over the training examples, written as a sharded cache.
 
 Run it under torchrun / srun exactly like `train`, with the same config and overrides. The reference is the same ZeRO-3
 engine with CPU-offloaded parameters that online training would build; every rank takes every world_size-th example and
@@ -7,58 +7,30 @@ engine at all (see mpo_dist.engine.reference_cache).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from mpo_dist.config import Config
+import torch.distributed as dist
+
+from mpo_dist.check.preflight import launch_context, preflight
+from mpo_dist.config import Config, ConfigError
+from mpo_dist.data.collate import PreferenceCollator
+from mpo_dist.data.sampler import batches_per_rank, rank_batches
+from mpo_dist.engine.engines import barrier, init_distributed
+from mpo_dist.engine.reference_cache import (cached_term_names, prepare_directory, reference_fingerprint,
+                                             require_unique_ids, term_tensors, write_index, write_shard)
+from mpo_dist.losses import build_loss
+from mpo_dist.train.build import reference_engine
+from mpo_dist.train.logger import setup_console_logging
+from mpo_dist.train.step import ReferencePlan, reference_terms
 
 log = logging.getLogger("mpo_dist")
 PROGRESS_EVERY = 50  # micro-batches between progress lines
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "precompute-ref", help="compute the reference model's loss terms once into a cache (run under torchrun or srun)",
-        description="Run the frozen reference once over the training examples and write the terms the loss reads (MPO: "
-                    "dominant-language sums, token counts and pooled hidden states; DPO family: the training pair's "
-                    "sums and counts). Then train with --set engine.reference=cache --set engine.reference_cache=DIR.")
-    parser.add_argument("--config", type=Path, help="the training YAML config")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, as for train")
-    parser.add_argument("--out", type=Path, help="cache directory (default: engine.reference_cache of the config)")
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from mpo_dist.config import load_config
-
-    overrides = list(args.set or []) + ["engine.reference=cache"]
-    if args.out is not None:
-        overrides.append(f"engine.reference_cache={args.out}")
-    config = load_config(args.config, overrides)  # validates the settings a cache supports, before any process group
-    precompute_reference(config, Path(config.engine.reference_cache))
-    return 0
-
-
 def precompute_reference(config: Config, out_dir: Path) -> None:
     """Collective: every rank of the job calls it. The number of forwards is equal on all ranks (ZeRO-3 gathers each
     layer's parameters collectively), so a rank that runs out of examples repeats one and drops the result."""
-    import torch.distributed as dist
-
-    from mpo_dist.check.preflight import launch_context, preflight
-    from mpo_dist.config import ConfigError
-    from mpo_dist.data.collate import PreferenceCollator
-    from mpo_dist.data.sampler import batches_per_rank, rank_batches
-    from mpo_dist.engine.engines import barrier, init_distributed
-    from mpo_dist.engine.reference_cache import (cached_term_names, prepare_directory, reference_fingerprint,
-                                                 require_unique_ids, term_tensors, write_index, write_shard)
-    from mpo_dist.losses import build_loss
-    from mpo_dist.train.build import reference_engine
-    from mpo_dist.train.logger import setup_console_logging
-    from mpo_dist.train.step import ReferencePlan, reference_terms
-
     loss = build_loss(config.loss.name, config.loss.options())
     if not (loss.needs_reference or loss.needs_anchor):
         raise ConfigError(f"loss.name: {config.loss.name!r} with these options reads no reference terms; nothing to "

@@ -1,0 +1,39 @@
+"""`mpo-dist`, the only entry layer: this module builds the parser and runs one sub-command; each sub-command is a
+module of this package (its options, then one call into the library). `main` is the one place where a user's mistake
+becomes one line and exit 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from mpo_dist.cli import (check, checkpoints, config_keys, demo, evaluate, import_gguf, init_tiny, plan, precompute_ref,
+                          train)
+from mpo_dist.errors import DEBUG_ENV, EXIT_USER_ERROR, UserError
+
+# In the order `mpo-dist --help` lists them.
+SUBCOMMANDS = (train, check, init_tiny, demo, config_keys, precompute_ref, import_gguf, plan, evaluate, checkpoints)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mpo-dist", description="Distributed multilingual safety alignment: "
+                                     "MPO, MLC and the DPO family on DeepSpeed ZeRO-3 (docs/quickstart.md).")
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of a user error too (or {DEBUG_ENV}=1)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for subcommand in SUBCOMMANDS:
+        subcommand.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command. A UserError (bad config, data, path, checkpoint) is one line on stderr and exit 2; its
+    traceback only with --debug or MPO_DIST_DEBUG=1. Any other exception is our bug and keeps its traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as error:
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"mpo-dist {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
