@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import socket
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,14 @@ def test_lm_eval_bridge_on_a_local_task(tiny_models: dict[str, Path], tmp_path: 
     from mpo_dist.cli import main
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets_cache"))  # nothing from a shared cache
+    # rank 0 of a torchrun job: its launcher variables name a rendezvous port that is taken (here by this socket); the
+    # harness must not try to start a process group on it
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(taken.getsockname()[1])}.items():
+        monkeypatch.setenv(name, value)
     out = tmp_path / "report"
     assert main(["eval", "--model", str(tiny_models["llama"]), "--reference", str(tiny_models["qwen2"]),
                  "--data", "sample:heldout", "--limit", "1", "--languages", "en", "--max-new-tokens", "2",

@@ -18,6 +18,10 @@ from pathlib import Path
 from mpo_dist.eval.errors import EvalError
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# What torchrun sets for our ranks. The harness runs alone (on rank 0); given these it starts a process group of its
+# own on the job's MASTER_PORT, which is taken, and fails with EADDRINUSE.
+LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
+                "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
 # set by mpo-dist for each model: the user must not give them in --lm-eval-args
 RESERVED_FLAGS = ("--model", "-M", "--model_args", "-a", "--tasks", "-t", "--output_path", "-o", "--config", "-C",
                   "--device")
@@ -78,7 +82,8 @@ def run_lm_eval(model_dir: Path, tasks: list[str], extra: list[str], *, device: 
     with open(out_dir / LOG_FILE, "w", encoding="utf-8") as log:
         log.write(shlex.join(command) + "\n")
         log.flush()
-        finished = subprocess.run(command, env=dict(os.environ, **OFFLINE_ENV), stdout=log, stderr=subprocess.STDOUT)
+        env = {name: value for name, value in os.environ.items() if name not in LAUNCHER_ENV} | OFFLINE_ENV
+        finished = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     if finished.returncode != 0:
         lines = [line for line in (out_dir / LOG_FILE).read_text(encoding="utf-8").splitlines() if line.strip()]
         raise EvalError(f"lm-evaluation-harness failed on {model_dir} (exit {finished.returncode}): "
