@@ -8,6 +8,9 @@ from __future__ import annotations
 
 EXIT_USER_ERROR = 2
 DEBUG_ENV = "MPO_DIST_DEBUG"  # set to 1 to see the traceback of a user error too
+# Set by launch/train.sh and slurm/train.sbatch: ranks append their user error there instead of printing it, and the
+# launcher prints each distinct line once and exits 2 (torchrun itself turns any failed rank into exit 1).
+ERROR_FILE_ENV = "MPO_DIST_ERROR_FILE"
 
 
 class UserError(ValueError):

@@ -7,3 +7,4 @@ from __future__ import annotations
 
 EVAL_FILE = "eval.jsonl"  # one line per evaluation: {"step": N, "reward_gap": {language: gap}}
 EVAL_TENSORBOARD_PREFIX = "eval/reward_gap/"  # TensorBoard tag prefix of the same numbers: eval/reward_gap/<language>
+CONFIG_FILE = "config.json"  # the resolved config of the run's latest launch

@@ -25,7 +25,7 @@ from mpo_dist.data.data_file import DataFile
 from mpo_dist.data.loading import load_all
 from mpo_dist.data.schema import ParallelRecord
 from mpo_dist.data.tokenize import ChatEncoder
-from mpo_dist.train.checkpoint import tag_for
+from mpo_dist.engine.checkpoint_layout import tag_for
 from mpo_dist.train.logger import METRICS_FILE
 from mpo_dist.train.trainer import SAMPLES_FILE, Trainer
 

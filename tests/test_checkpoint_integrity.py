@@ -19,7 +19,7 @@ from mpo_dist.cli import main as cli_main
 from mpo_dist.config import load_config
 from mpo_dist.engine.checkpoint_layout import CheckpointError, verify
 from mpo_dist.engine.offline_export import read_client_state
-from mpo_dist.train.checkpoint import resolve_resume
+from mpo_dist.engine.checkpoint_resume import resolve_resume
 from mpo_dist.train.trainer import Trainer
 
 from conftest import REPO_ROOT, read_jsonl, train_cli

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mpo_dist.config import load_config
-from mpo_dist.train.checkpoint import resume_candidates
+from mpo_dist.engine.checkpoint_resume import resume_candidates
 from mpo_dist.train.trainer import Trainer
 
 

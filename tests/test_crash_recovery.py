@@ -23,7 +23,7 @@ from typing import Callable
 import pytest
 
 from mpo_dist.engine.engines import collective_timeout
-from mpo_dist.train.checkpoint import resolve_resume
+from mpo_dist.engine.checkpoint_resume import resolve_resume
 
 from conftest import REPO_ROOT, read_jsonl, train_cli
 

@@ -26,7 +26,7 @@ from mpo_dist.data.loading import load_all, resolve_path
 from mpo_dist.data.tokenize import ChatEncoder
 from mpo_dist.losses.mlc import MLCProjection
 from mpo_dist.models.alignment_model import AlignmentModel
-from mpo_dist.train.checkpoint import tag_for
+from mpo_dist.engine.checkpoint_layout import tag_for
 from mpo_dist.train.logger import METRICS_FILE
 from mpo_dist.train.trainer import SAMPLES_FILE, Trainer
 

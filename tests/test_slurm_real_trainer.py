@@ -5,6 +5,9 @@ which SLURM requeues the job (NODE_FAIL, the template's --requeue) and it resume
 with the same guarantees."""
 from __future__ import annotations
 
+import hashlib
+import json
+
 import sys
 from pathlib import Path
 
@@ -52,7 +55,8 @@ def test_real_template_trains_on_two_nodes_and_checkpoints(slurm_cluster: SlurmC
     job_id, run_dir = submit(slurm_cluster, tmp_path, tiny_models["llama"], steps=6)
     job = slurm_cluster.wait_until_finished(job_id, JOB_TIMEOUT_S)
     assert job["JobState"] == "COMPLETED", logs(tmp_path)
-    assert (run_dir / "COMPLETED").read_text().strip() == "6"
+    completed = json.loads((run_dir / "COMPLETED").read_text())  # bound to the config it was trained with
+    assert completed == {"steps": 6, "config_sha256": hashlib.sha256((run_dir / "config.json").read_bytes()).hexdigest()}
     assert (run_dir / "checkpoints" / "step_00000006" / "COMPLETE").is_file()
     steps = read_jsonl(run_dir / "samples.jsonl")
     assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]

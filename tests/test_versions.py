@@ -56,7 +56,7 @@ def test_check_prints_the_versions_and_warns_outside_the_ranges(tiny_models: dic
     assert f"torch {metadata.version('torch')}" in line and f"transformers {metadata.version('transformers')}" in line
     assert "outside the tested range" not in out  # the locked venv is inside every range
     real = versions.installed_versions()
-    monkeypatch.setattr(versions, "installed_versions", lambda: real | {"transformers": "4.46.0"})
+    monkeypatch.setattr("mpo_dist.check.versions.installed_versions", lambda: real | {"transformers": "4.46.0"})
     assert main(args) == 0  # a warning, not an error
     warnings = [line for line in capsys.readouterr().out.splitlines() if "outside the tested range" in line]
     assert len(warnings) == 1 and warnings[0].startswith("warning: transformers 4.46.0 is outside")

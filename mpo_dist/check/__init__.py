@@ -2,7 +2,7 @@
 
 Everything a run needs is checked in seconds, on a login node too (docs/quickstart.md, "Check a run first"): the
 config, the model directory, every data file, row and field, the languages, the reference cache, the DeepSpeed
-templates, the step arithmetic, the memory plan and, on request, MPO's reference reward gap (reference_gap.py, through
-the evaluation layer's reward gaps). This package sits below mpo_dist.train (the trainer imports it); the command
-itself (mpo_dist/cli/check.py) adds the resume checkpoint, which needs the training layer.
+templates, the step arithmetic, the memory plan, the resume checkpoint (resume.py), the library versions (versions.py)
+and, on request, MPO's reference reward gap (reference_gap.py). This package sits below mpo_dist.train (the trainer
+imports it); the command is mpo_dist/cli/check.py.
 """

@@ -3,7 +3,7 @@ they built on the way (tokenizer, examples, reference cache), so the run reuses 
 
 Every rank of a torchrun / srun job may run them: they read files and create nothing. The resume checkpoint is not
 checked here: `train` verifies it right after the process group starts, where the ranks share reading it, and `check`
-verifies it with the same function (mpo_dist.train.checkpoint.resolve_resume).
+verifies it with the same function (check/resume.py, engine/checkpoint_resume.resolve_resume).
 """
 from __future__ import annotations
 

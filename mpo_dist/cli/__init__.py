@@ -9,7 +9,7 @@ import sys
 
 from mpo_dist.cli import (check, checkpoints, config_keys, demo, evaluate, import_gguf, init_tiny, plan, precompute_ref,
                           train)
-from mpo_dist.errors import DEBUG_ENV, EXIT_USER_ERROR, UserError
+from mpo_dist.errors import DEBUG_ENV, ERROR_FILE_ENV, EXIT_USER_ERROR, UserError
 
 # In the order `mpo-dist --help` lists them.
 SUBCOMMANDS = (train, check, init_tiny, demo, config_keys, precompute_ref, import_gguf, plan, evaluate, checkpoints)
@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one sub-command. A UserError (bad config, data, path, checkpoint) is one line on stderr and exit 2; its
-    traceback only with --debug or MPO_DIST_DEBUG=1. Any other exception is our bug and keeps its traceback."""
+    traceback only with --debug or MPO_DIST_DEBUG=1. Any other exception is our bug and keeps its traceback. Under our
+    launchers (MPO_DIST_ERROR_FILE set) every rank appends the line to that file instead, and the launcher prints it
+    once for the job and exits 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -35,5 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
-        print(f"mpo-dist {args.command}: error: {error}", file=sys.stderr)
+        line = f"mpo-dist {args.command}: error: {error}"
+        error_file = os.environ.get(ERROR_FILE_ENV)
+        if error_file:
+            with open(error_file, "a", encoding="utf-8") as handle:  # one write of one line: ranks do not interleave
+                handle.write(" ".join(line.split("\n")) + "\n")
+        else:
+            print(line, file=sys.stderr)
         return EXIT_USER_ERROR

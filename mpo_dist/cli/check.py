@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from mpo_dist.cli.run_options import add_run_options, run_overrides
-from mpo_dist.errors import EXIT_USER_ERROR, UserError
-
-if TYPE_CHECKING:
-    from mpo_dist.check.report import CheckReport
-    from mpo_dist.config import Config
-
+from mpo_dist.errors import EXIT_USER_ERROR
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -35,35 +28,12 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def check_resume(config: Config, report: CheckReport) -> None:
-    """The tag `checkpoint.resume` names, verified as train verifies it (train.checkpoint.resolve_resume; one process
-    here, so it reads the whole tag)."""
-    from mpo_dist.train.checkpoint import resolve_resume
-
-    try:
-        resume_dir = resolve_resume(config.checkpoint.resume, config.checkpoints_dir)
-    except UserError as error:
-        report.error(str(error))
-        return
-    report.line(f"resume     {resume_dir if resume_dir is not None else 'no (fresh start)'} "
-                f"(checkpoint.resume={config.checkpoint.resume})")
-
-
-def check_versions(report: CheckReport) -> None:
-    """The installed versions of the libraries that have broken us, and a warning for each outside setup.py's tested
-    range (a run may still work; its numbers are not the ones we tested)."""
-    from mpo_dist.versions import installed_versions, outside_tested_range, tested_ranges, versions_line
-
-    installed = installed_versions()
-    report.line(f"versions   {versions_line(installed)}")
-    for message in outside_tested_range(installed, tested_ranges()):
-        report.warn(message)
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from mpo_dist.check.memory_plan import check_memory
+    from mpo_dist.check.resume import check_resume
+    from mpo_dist.check.versions import check_versions
     from mpo_dist.check.preflight import preflight
     from mpo_dist.check.report import CheckReport
     from mpo_dist.config import ConfigError, load_config
@@ -84,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     on_gpu = not args.cpu and (args.gpus_per_node is not None or torch.cuda.is_available())
     inputs = preflight(config, world_size=args.nodes * gpus_per_node, on_gpu=on_gpu)
     report = inputs.report
-    check_resume(config, report)
+    check_resume(config, report, world_size=args.nodes * gpus_per_node)
     check_versions(report)
     report.summary.insert(0, f"run        {config.loss.name}{' + mlc' if config.mlc.enabled else ''}, "
                              f"{args.nodes} node(s) x {gpus_per_node} rank(s) on {'GPUs' if on_gpu else 'CPU'}"

@@ -18,9 +18,11 @@ import os
 import re
 import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from mpo_dist.atomic_write import atomic_write_text
 from mpo_dist.errors import UserError
 
 log = logging.getLogger("mpo_dist")
@@ -90,11 +92,14 @@ def looks_like_tag(tag_dir: Path) -> bool:
     return is_universal(tag_dir) or any(MODEL_STATES.search(p.name) for p in tag_dir.glob("*_model_states.pt"))
 
 
-def file_checksum(path: Path) -> str:
+def file_checksum(path: Path, *, fsync: bool = False) -> str:
+    """CRC-32 of the file; `fsync` also flushes its data to the disk (a save's checksum pass, while the pages are hot)."""
     crc = 0
     with open(path, "rb") as handle:
         while block := handle.read(READ_BLOCK):
             crc = zlib.crc32(block, crc)
+        if fsync:
+            os.fsync(handle.fileno())
     return f"{crc:08x}"
 
 
@@ -114,27 +119,43 @@ def owner_rank(name: str) -> int:
 
 
 def record_files(tag_dir: Path, names: list[str]) -> dict[str, FileRecord]:
+    """Size and CRC-32 of each file a save wrote, each fsynced as it is read: once recorded, a file is on the disk."""
     records = {}
     for name in names:
         path = tag_dir / name
-        records[name] = FileRecord(path.stat().st_size, file_checksum(path))
+        records[name] = FileRecord(path.stat().st_size, file_checksum(path, fsync=True))
     return records
 
 
 def write_marker(tag_dir: Path, step: int, files: dict[str, FileRecord]) -> None:
-    """Written last, atomically: a marker that exists is whole."""
+    """Written last, atomically and durably (after every rank fsynced its files): a marker that exists is whole, and
+    so is what it records."""
     payload = {"format": MARKER_FORMAT, "step": step, "checksum": CHECKSUM,
                "files": {name: {"size": r.size, CHECKSUM: r.crc32} for name, r in sorted(files.items())}}
-    write_atomically(tag_dir / COMPLETE_MARKER, json.dumps(payload, indent=1) + "\n")
+    atomic_write_text(tag_dir / COMPLETE_MARKER, json.dumps(payload, indent=1) + "\n")
 
 
-def write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+def shares_by_bytes(sizes: dict[str, int], world_size: int) -> list[list[str]]:
+    """The files split among `world_size` readers so that each reads about as many bytes: largest file first, each to
+    the reader with the fewest bytes so far (ties: the lower rank). Every rank computes the same split from the same
+    record. Splitting by name instead gave some ranks twice the bytes of others (fp32 runs: rank 0 also holds the
+    small files)."""
+    shares: list[list[str]] = [[] for _ in range(world_size)]
+    loads = [0] * world_size
+    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
+        reader = min(range(world_size), key=lambda r: (loads[r], r))
+        shares[reader].append(name)
+        loads[reader] += sizes[name]
+    return [sorted(share) for share in shares]
+
+
+def saved_world_size(marker: Marker, tag_dir: Path) -> int | None:
+    """How many data-parallel ranks wrote a sharded tag (its optimizer shards); None for a universal one, which loads
+    at any world size."""
+    names = list(marker.files) if marker.files is not None else tag_files(tag_dir)
+    if UNIVERSAL_OPTIMIZER_STATE.as_posix() in names:
+        return None
+    return len({int(m.group(1)) for n in names if (m := OPTIM_STATES.search(n))}) or None
 
 
 def read_marker(tag_dir: Path) -> Marker:
@@ -153,39 +174,44 @@ def read_marker(tag_dir: Path) -> Marker:
                               "verified") from error
 
 
-def verify(tag_dir: Path, *, rank: int = 0, world_size: int = 1) -> TagCheck:
-    """Compare this rank's share of the tag's files (every world_size-th of the sorted list) with the marker's record.
-
-    Problems are one-line sentences naming the file. A tag without a marker is reported as not fully written.
-    """
-    if not is_complete(tag_dir):
-        return TagCheck([f"no {COMPLETE_MARKER} marker: it was not fully written (crash or preemption during the save)"],
-                        recorded=False)
-    try:
-        marker = read_marker(tag_dir)
-    except CheckpointError as error:
-        return TagCheck([str(error)], recorded=False)
+def verify(tag_dir: Path, *, rank: int = 0, world_size: int = 1, readers: int = 1,
+           marker: Marker | None = None) -> TagCheck:
+    """Compare this rank's share of the tag's files (`shares_by_bytes` of the recorded sizes) with the marker's record,
+    reading with `readers` threads (zlib releases the GIL while it checksums). `marker`: the record as rank 0 read it,
+    so that every rank checks against the same one. Problems are one-line sentences naming the file, in name order.
+    A tag without a marker is reported as not fully written."""
+    if marker is None:
+        if not is_complete(tag_dir):
+            return TagCheck([f"no {COMPLETE_MARKER} marker: it was not fully written (crash or preemption during the save)"],
+                            recorded=False)
+        try:
+            marker = read_marker(tag_dir)
+        except CheckpointError as error:
+            return TagCheck([str(error)], recorded=False)
     if marker.files is None:
         names = tag_files(tag_dir)
         problems = structure_problems(names) if rank == 0 else []
         return TagCheck(problems + _unreadable_zips(tag_dir, names[rank::world_size]), recorded=False)
-    problems = []
-    for name in sorted(marker.files)[rank::world_size]:
-        expected, path = marker.files[name], tag_dir / name
-        if not path.is_file():
-            problems.append(f"{name} is missing (the save recorded {expected.size} bytes)")
-            continue
-        try:
-            size = path.stat().st_size
-            actual = file_checksum(path) if size == expected.size else None
-        except OSError as error:  # a failing disk: the tag is damaged, and this rank still joins the others' gather
-            problems.append(f"{name} cannot be read ({error.strerror or error})")
-            continue
-        if size != expected.size:
-            problems.append(f"{name} is {size} bytes, the save recorded {expected.size} (truncated or still being copied)")
-        elif actual != expected.crc32:
-            problems.append(f"{name} has {CHECKSUM} {actual}, the save recorded {expected.crc32} (corrupted)")
-    return TagCheck(problems, recorded=True)
+    share = shares_by_bytes({name: record.size for name, record in marker.files.items()}, world_size)[rank]
+    with ThreadPoolExecutor(max_workers=max(readers, 1)) as pool:
+        found = pool.map(lambda name: _file_problem(tag_dir, name, marker.files[name]), share)
+        return TagCheck([problem for problem in found if problem], recorded=True)
+
+
+def _file_problem(tag_dir: Path, name: str, expected: FileRecord) -> str | None:
+    path = tag_dir / name
+    if not path.is_file():
+        return f"{name} is missing (the save recorded {expected.size} bytes)"
+    try:
+        size = path.stat().st_size
+        actual = file_checksum(path) if size == expected.size else None
+    except OSError as error:  # a failing disk: the tag is damaged, and this rank still joins the others' gather
+        return f"{name} cannot be read ({error.strerror or error})"
+    if size != expected.size:
+        return f"{name} is {size} bytes, the save recorded {expected.size} (truncated or still being copied)"
+    if actual != expected.crc32:
+        return f"{name} has {CHECKSUM} {actual}, the save recorded {expected.crc32} (corrupted)"
+    return None
 
 
 def warn_unrecorded(tag_dir: Path) -> None:

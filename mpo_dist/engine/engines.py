@@ -101,6 +101,28 @@ def all_ranks_agree(flag: bool, device: torch.device) -> bool:
     return bool(value.item() > 0)
 
 
+def rank_and_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def gather_objects(value: object) -> list:
+    """`value` of every rank, on every rank (a list of one outside a process group)."""
+    if not dist.is_initialized():
+        return [value]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def broadcast_from_rank0(value: object) -> object:
+    """Rank 0's `value` on every rank (the value itself outside a process group): what rank 0 decided."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _call_model(engine: Any, batch: Batch, rows: list[int] | None, with_mlc: bool) -> ModelOutputs:
     """Forward of all sequences of `batch` (the policy: log-probs of the training pair only, see
     Batch.training_pair_labels), or of the sequences `rows` only as a sub-batch in the same layout (the reference, whose
@@ -167,13 +189,9 @@ class PolicyEngine:
             raise
 
     def load(self, directory: Path, tag: str) -> dict:
-        """Restore weights, optimizer and schedule. ZeRO shards only fit the world size that wrote them; a universal
-        checkpoint (loaded when the config says load_universal) fits any."""
-        saved_ranks = len(list((directory / tag).glob("*optim_states.pt")))
-        if not self.engine.load_universal_checkpoint() and saved_ranks != self.engine.dp_world_size:
-            raise CheckpointError(f"checkpoint {directory / tag} was written by {saved_ranks} ranks and this run has "
-                             f"{self.engine.dp_world_size}: convert it with `mpo-dist convert-universal {directory / tag} "
-                             f"OUT_DIR` and resume from OUT_DIR/{tag}, or resume with {saved_ranks} ranks")
+        """Restore weights, optimizer and schedule. ZeRO shards only fit the world size that wrote them (a universal
+        checkpoint, loaded when the config says load_universal, fits any): train.checkpoint.resolve_resume has checked
+        that before any engine was built."""
         path, client_state = self.engine.load_checkpoint(
             str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerBase
 
+from mpo_dist.atomic_write import publish_directory
 from mpo_dist.engine.engines import PolicyEngine, barrier
 
 MODEL_PREFIX = "causal_lm."
@@ -57,9 +58,7 @@ def write_hf_directory(state: dict[str, torch.Tensor], source_model_dir: Path, o
     if generation_file.is_file():
         GenerationConfig.from_pretrained(source_model_dir).save_pretrained(staging)
     _readable_as_umask_allows(staging)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
+    publish_directory(staging, out_dir)
 
 
 def export_live_policy(policy: PolicyEngine, source_model_dir: Path, out_dir: Path, tokenizer: PreTrainedTokenizerBase,

@@ -7,6 +7,7 @@ come from the run config the trainer stored in the checkpoint's client state.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ def read_client_state(tag_dir: Path) -> dict:
     if not is_complete(tag_dir):
         raise CheckpointError(f"{tag_dir} has no {COMPLETE_MARKER} marker: its save did not finish (crash or preemption "
                               "while saving); use an earlier checkpoint")
-    check = verify(tag_dir)
+    check = verify(tag_dir, readers=os.cpu_count() or 1)  # one process: parallel readers share the bytes
     if check.problems:
         raise CheckpointError(f"{tag_dir} is damaged: {describe(check.problems)}; use an earlier checkpoint")
     if not check.recorded:

@@ -18,12 +18,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
+from mpo_dist.atomic_write import atomic_write_text, fsync_file
 from mpo_dist.config import Config
 from mpo_dist.data.collate import Batch
 from mpo_dist.data.loading import resolve_path
@@ -166,6 +166,7 @@ def write_shard(directory: Path, rank: int, world_size: int, batches: list[dict[
     tensors = {name: torch.cat([batch[name] for batch in batches]).contiguous() for name in batches[0]}
     name = shard_file_name(rank, world_size)
     save_file(tensors, str(directory / name))
+    fsync_file(directory / name)  # on the disk before rank 0's index points at it
     return name
 
 
@@ -185,9 +186,7 @@ def write_index(directory: Path, fingerprint: dict[str, Any], term_names: list[s
     require_unique_ids(all_ids)
     index = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "terms": term_names, "num_examples": len(all_ids),
              "shards": [{"file": file, "example_ids": ids} for file, ids in shards]}
-    partial = directory / f"{INDEX_FILE}.partial"
-    partial.write_text(json.dumps(index, indent=1))
-    os.replace(partial, directory / INDEX_FILE)
+    atomic_write_text(directory / INDEX_FILE, json.dumps(index, indent=1))
 
 
 # ---- reading (training) ---------------------------------------------------------------------------------------------

@@ -15,19 +15,18 @@ Resume with `mpo-dist train ... --resume OUT_DIR/<tag>`; the trainer sees the ze
 """
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
 from unittest import mock
 
+from mpo_dist.atomic_write import atomic_write_text, publish_directory
 from mpo_dist.engine.checkpoint_layout import (
     CheckpointError,
     is_universal,
     read_marker,
     record_files,
     tag_files,
-    write_atomically,
     write_marker,
 )
 from mpo_dist.engine.offline_export import read_client_state
@@ -60,6 +59,6 @@ def convert_to_universal(tag_dir: Path, out_root: Path, *, workers: int = 2) -> 
     for rng_file in tag_dir.glob("rng_rank*.pt"):
         shutil.copy2(rng_file, staging / rng_file.name)
     write_marker(staging, read_marker(tag_dir).step, record_files(staging, tag_files(staging)))
-    os.replace(staging, out_dir)
-    write_atomically(out_root / LATEST_UNIVERSAL_FILE, f"{tag_dir.name}\n")  # DeepSpeed pointed it at the staging name
+    publish_directory(staging, out_dir)
+    atomic_write_text(out_root / LATEST_UNIVERSAL_FILE, f"{tag_dir.name}\n")  # DeepSpeed pointed it at the staging name
     return out_dir

@@ -1,11 +1,11 @@
-"""Checkpoints that cannot be half-written and prove themselves at resume.
+"""Checkpoints that cannot be half-written, are on the disk before anything points at them, and are kept by one rule.
 
-A save: every rank writes its files and checksums them (in parallel, while they are still in the page cache); rank 0
-gathers the records and writes them into the COMPLETE marker, last and atomically; then it replaces `latest`
-atomically and prunes old tags. A crash at any point leaves the previous complete checkpoint as the one `--resume auto`
-picks; a save that fails for lack of space (or any other storage error) is discarded on every rank and stops the run
-with one CheckpointError. At resume the ranks verify the chosen tag against its record before any engine is built, each
-rank a share of the files, and `auto` falls back to the newest intact tag. See docs/checkpoints.md.
+A save: every rank writes its files, then checksums and fsyncs each (while it is still in the page cache); rank 0
+gathers the records and writes them into the COMPLETE marker, last, atomically and durably; then it replaces `latest`
+the same way and prunes old tags. A crash at any point leaves the previous complete checkpoint as the one `--resume
+auto` picks; a save that fails for lack of space (or any other storage error) is discarded on every rank and stops the
+run with one CheckpointError. Which tag a run resumes from is decided in engine/checkpoint_resume.py; once it has
+loaded, `start_line` makes the tags on disk that run's line (train/tag_lifecycle.py). See docs/checkpoints.md.
 """
 from __future__ import annotations
 
@@ -16,28 +16,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from mpo_dist.atomic_write import atomic_write_text, fsync_directory
 from mpo_dist.engine.checkpoint_layout import (
+    COMPLETE_MARKER,
     LATEST_FILE,
     CheckpointError,
     FileRecord,
-    describe,
     is_complete,
-    looks_like_tag,
     owner_rank,
     record_files,
+    step_of,
     tag_dirs,
     tag_files,
     tag_for,
-    verify,
-    warn_unrecorded,
-    write_atomically,
     write_marker,
 )
-from mpo_dist.engine.engines import PolicyEngine, barrier
+from mpo_dist.engine.engines import PolicyEngine, barrier, gather_objects
+from mpo_dist.train.tag_lifecycle import abandoned_by_resume, pruned_after_save
 
 log = logging.getLogger("mpo_dist")
+ABANDONED_DIR = "abandoned"  # checkpoints/abandoned/: tags of a line of training a resume left behind
 
 
 def rng_state() -> dict:
@@ -51,91 +50,6 @@ def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _rank_and_world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def _gather(value: object) -> list:
-    """`value` of every rank, on every rank (a list of one outside a process group)."""
-    if not dist.is_initialized():
-        return [value]
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, value)
-    return gathered
-
-
-def verified_problems(tag_dir: Path) -> tuple[list[str], bool]:
-    """Collective: the problems of `tag_dir` (each rank checks a share of its files; every rank gets all problems),
-    and whether the marker held a file record."""
-    rank, world_size = _rank_and_world()
-    checks = _gather(verify(tag_dir, rank=rank, world_size=world_size))
-    problems = dict.fromkeys(p for check in checks for p in check.problems)  # an unreadable marker: once, not per rank
-    return list(problems), checks[0].recorded
-
-
-def resume_candidates(root: Path) -> list[Path]:
-    """Tags with a COMPLETE marker, newest first. `latest` is not consulted: a crash between the marker and the pointer
-    leaves a newer complete tag than the one it names (the pointer is kept for DeepSpeed's own tools)."""
-    return [d for d in reversed(tag_dirs(root)) if is_complete(d)]
-
-
-def resolve_resume(resume: str, root: Path) -> Path | None:
-    """`none` -> None; `auto` -> the newest intact checkpoint under root (None if there is no complete one; damaged ones
-    are skipped with a warning, an error if all are damaged); else an explicit tag dir, which must be intact.
-    Collective when a process group exists (the verification is shared among the ranks)."""
-    if resume == "none":
-        return None
-    if resume == "auto":
-        return _newest_intact(root)
-    path = Path(resume)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint.resume: {path} is not a directory; expected a checkpoint tag directory such as "
-                              f"<output_dir>/checkpoints/{tag_for(200)}, `auto` or `none`")
-    if not is_complete(path):
-        _refuse_incomplete(path)
-    problems, recorded = verified_problems(path)
-    if problems:
-        raise CheckpointError(f"checkpoint.resume: {path} is damaged: {describe(problems)}; resume from an earlier tag, "
-                              "or with --resume auto, which skips damaged tags")
-    if not recorded:
-        warn_unrecorded(path)
-    return path
-
-
-def _newest_intact(root: Path) -> Path | None:
-    damaged = []
-    for tag_dir in resume_candidates(root):
-        problems, recorded = verified_problems(tag_dir)
-        if not problems:
-            if not recorded:
-                warn_unrecorded(tag_dir)
-            return tag_dir
-        log.warning("skipping damaged checkpoint %s: %s", tag_dir, describe(problems))
-        damaged.append(f"{tag_dir.name}: {describe(problems)}")
-    if damaged:
-        raise CheckpointError(f"checkpoint.resume=auto: no intact checkpoint in {root}; found {'; '.join(damaged)}. "
-                              "Restore the files from a copy, or move the damaged tags away and start from scratch "
-                              "with --resume none")
-    return None
-
-
-def _refuse_incomplete(path: Path) -> None:
-    """The error for an explicit --resume at a directory without a COMPLETE marker, saying what it is instead."""
-    complete = [d.name for d in tag_dirs(path) if is_complete(d)]
-    if complete:
-        raise CheckpointError(f"checkpoint.resume: {path} is a checkpoint folder, not a checkpoint tag; complete tags in it: "
-                              f"{', '.join(complete)}. Pass one of them (e.g. --resume {path / complete[-1]}) or "
-                              "--resume auto for the newest intact one")
-    if tag_dirs(path) or (path / LATEST_FILE).is_file():
-        raise CheckpointError(f"checkpoint.resume: {path} is a checkpoint folder, not a checkpoint tag, and holds no "
-                              "complete tag; --resume auto starts from scratch when there is none")
-    if not looks_like_tag(path):
-        raise CheckpointError(f"checkpoint.resume: {path} is not a checkpoint tag directory (no COMPLETE marker and no "
-                              f"DeepSpeed *_model_states.pt); expected e.g. <output_dir>/checkpoints/{tag_for(200)}")
-    raise CheckpointError(f"checkpoint.resume: {path} has no COMPLETE marker; it was not fully written (crash or "
-                          "preemption during the save): resume from an earlier tag or with --resume auto")
 
 
 # How torch.save's zip writer words a failed write (it raises RuntimeError, not OSError): its own message, or the
@@ -171,20 +85,22 @@ class CheckpointManager:
                 shutil.rmtree(tag_dir)
         barrier()
         failure, records = self._write_rank_files(engine, tag_dir, client_state)
-        reports = _gather((failure, records))
+        reports = gather_objects((failure, records))
         failures = {rank: failure for rank, (failure, _) in enumerate(reports) if failure}
         if not failures and self.rank == 0:
+            # every rank fsynced its files while recording them; the marker, then `latest`, each durable before the next
             merged = {name: record for _, rank_records in reports for name, record in rank_records.items()}
             try:
+                fsync_directory(tag_dir)
                 write_marker(tag_dir, step, merged)
-                write_atomically(self.root / LATEST_FILE, tag)
+                atomic_write_text(self.root / LATEST_FILE, tag)
             except OSError as error:
                 failures[0] = _storage_failure(error)
-        failures = _gather(failures)[0]  # rank 0's view, which has every rank's
+        failures = gather_objects(failures)[0]  # rank 0's view, which has every rank's
         if failures:
             self._discard(tag_dir, failures)
         if self.rank == 0:
-            self._prune()
+            self._prune(step)
         barrier()
         return tag_dir
 
@@ -226,7 +142,50 @@ class CheckpointManager:
             restore_rng_state(torch.load(rng_file, weights_only=False))
         return client_state
 
-    def _prune(self) -> None:
-        complete = [d for d in tag_dirs(self.root) if is_complete(d)]
-        for old in complete[: -self.keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+    def _prune(self, saved_step: int) -> None:
+        complete = {step_of(d.name): d for d in tag_dirs(self.root) if is_complete(d)}
+        for step in pruned_after_save(list(complete), saved_step, self.keep_last):
+            shutil.rmtree(complete[step], ignore_errors=True)
+
+    def start_line(self, resume_dir: Path | None) -> None:
+        """Collective, once the resume is validated and loaded: make the tags on disk the current line of training.
+        Half-written tags (no marker) are removed; tags newer than the one resumed from (or every tag, on a fresh start)
+        belong to an abandoned line and are set aside under checkpoints/abandoned/; `latest` names the newest tag left."""
+        if self.rank == 0 and self.root.is_dir():
+            self._remove_incomplete()
+            resumed_step = step_of(resume_dir.name) if resume_dir is not None else 0
+            tags = tag_dirs(self.root)
+            newer = set(abandoned_by_resume([step_of(d.name) for d in tags], resumed_step))
+            self._set_aside([d for d in tags if step_of(d.name) in newer], resumed_step)
+            current = tag_dirs(self.root)  # all complete now: the newest is the tag resumed from, if it lives here
+            latest = self.root / LATEST_FILE
+            if current:
+                atomic_write_text(latest, current[-1].name)
+            else:
+                latest.unlink(missing_ok=True)
+        barrier()
+
+    def _remove_incomplete(self) -> None:
+        incomplete = [d for d in tag_dirs(self.root) if not is_complete(d)]
+        if incomplete:
+            size = sum(p.stat().st_size for d in incomplete for p in d.rglob("*") if p.is_file())
+            for tag_dir in incomplete:
+                shutil.rmtree(tag_dir, ignore_errors=True)
+            log.warning("removed %d half-written checkpoint tag(s) (%s, no %s marker), freeing %s", len(incomplete),
+                        ", ".join(d.name for d in incomplete), COMPLETE_MARKER, _gib(size))
+
+    def _set_aside(self, tags: list[Path], resumed_step: int) -> None:
+        if not tags:
+            return
+        abandoned = self.root / ABANDONED_DIR
+        abandoned.mkdir(exist_ok=True)
+        for tag_dir in tags:
+            target, copy = abandoned / tag_dir.name, 1
+            while target.exists():  # an earlier abandoned line had the same step
+                target, copy = abandoned / f"{tag_dir.name}.{copy}", copy + 1
+            tag_dir.rename(target)
+        fsync_directory(abandoned)
+        fsync_directory(self.root)
+        log.warning("set aside %d checkpoint tag(s) newer than the one this run continues from (step %d): %s, under "
+                    "%s; neither --resume auto nor pruning will use them (move one back to resume that line)",
+                    len(tags), resumed_step, ", ".join(d.name for d in tags), abandoned)

@@ -16,10 +16,11 @@ METRICS_FILE = "metrics.jsonl"  # every logged scalar, one JSON line per step an
 
 
 def setup_console_logging(rank: int) -> None:
+    """Rank 0 speaks for the job: info and warnings once (every rank decides the same), the other ranks only errors."""
     # DeepSpeed calls a torch collective that torch marks deprecated once per step; it would drown the step log.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
+        level=logging.INFO if rank == 0 else logging.ERROR,
         format=f"%(asctime)s [rank{rank}] %(levelname)s %(message)s",
         stream=sys.stdout,
         force=True,

@@ -30,6 +30,7 @@ from mpo_dist.engine.engines import (
     build_alignment_model,
     init_distributed,
 )
+from mpo_dist.engine.checkpoint_resume import resolve_resume
 from mpo_dist.engine.hf_export import export_live_policy
 from mpo_dist.engine.reference_cache import ReferenceCache
 from mpo_dist.engine.universal import is_universal
@@ -37,13 +38,14 @@ from mpo_dist.eval.reward_gaps import reward_gaps
 from mpo_dist.losses import build_loss
 from mpo_dist.losses.base import LossOutput
 from mpo_dist.losses.mlc import mlc_applies
-from mpo_dist.run_files import EVAL_FILE, EVAL_TENSORBOARD_PREFIX
+from mpo_dist.atomic_write import atomic_write_text
+from mpo_dist.run_files import CONFIG_FILE, EVAL_FILE, EVAL_TENSORBOARD_PREFIX
 from mpo_dist.runtime import seed_everything, torch_dtype
 from mpo_dist.train.build import model_options, reference_engine
-from mpo_dist.train.checkpoint import CheckpointManager, resolve_resume
+from mpo_dist.train.checkpoint import CheckpointManager
 from mpo_dist.train.logger import METRICS_FILE, RunLogger, peak_memory, setup_console_logging
 from mpo_dist.train.schedule import warmup_cosine
-from mpo_dist.train.preemption import COMPLETED_FILE, EXIT_REQUEUE, STOP_FILE, StopRequest
+from mpo_dist.train.preemption import COMPLETED_FILE, EXIT_REQUEUE, STOP_FILE, StopRequest, completed_marker
 from mpo_dist.versions import VERSIONS_FILE, installed_versions, run_versions
 from mpo_dist.train.step import ReferencePlan, head_live_fraction, preference_inputs, reference_terms, total_loss
 
@@ -78,7 +80,8 @@ class Trainer:
             log.warning("%s", warning)
         seed_everything(config.train.seed)
         self.output_dir = config.output_dir
-        self.resume_dir = resolve_resume(config.checkpoint.resume, config.checkpoints_dir)
+        self.config_text = json.dumps(to_dict(config), indent=2)  # what config.json holds and COMPLETED is bound to
+        self.resume_dir = resolve_resume(config.checkpoint.resume, config.checkpoints_dir, world_size=self.ctx.world_size)
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
         self.loss = build_loss(config.loss.name, config.loss.options())
@@ -221,13 +224,14 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------------------------------
     def train(self) -> TrainResult:
         config = self.config
+        start_step = self._resume()  # nothing in the output directory changes before the resume has loaded
+        self.checkpoints.start_line(self.resume_dir)
         if self.ctx.is_main:
             (self.output_dir / STOP_FILE).unlink(missing_ok=True)
             (self.output_dir / COMPLETED_FILE).unlink(missing_ok=True)
-            (self.output_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
-            (self.output_dir / VERSIONS_FILE).write_text(json.dumps(run_versions(installed_versions()), indent=1))
+            atomic_write_text(self.output_dir / CONFIG_FILE, self.config_text)
+            atomic_write_text(self.output_dir / VERSIONS_FILE, json.dumps(run_versions(installed_versions()), indent=1))
         barrier()
-        start_step = self._resume()
         stop = StopRequest(self.output_dir)
         logger = RunLogger(self.output_dir, enabled=self.ctx.is_main, tensorboard=config.logging.tensorboard,
                            progress_bar=config.logging.progress_bar, total_steps=self.total_steps, start_step=start_step)
@@ -264,15 +268,15 @@ class Trainer:
                                 stop.signalled, STOP_FILE, done, EXIT_REQUEUE)
                     result.exit_code = EXIT_REQUEUE
                     return result
-            if self.eval_examples:
-                result.eval_history.append(self.evaluate(self.total_steps, logger))
-            if start_step < self.total_steps:  # resumed at the last step: its complete tag is already there
+            if start_step < self.total_steps:  # resumed at the last step: its evaluation and its tag are already there
+                if self.eval_examples:
+                    result.eval_history.append(self.evaluate(self.total_steps, logger))
                 self.save(self.total_steps)
             if config.train.save_hf_at_end:
                 export_live_policy(self.policy, Path(config.model.path), self.output_dir / "hf", self.tokenizer,
                                    torch_dtype(self.dtype_name), self.ctx.rank)
             if self.ctx.is_main:
-                (self.output_dir / COMPLETED_FILE).write_text(f"{self.total_steps}\n")
+                atomic_write_text(self.output_dir / COMPLETED_FILE, completed_marker(self.total_steps, self.config_text))
             barrier()
             return result
         finally:
