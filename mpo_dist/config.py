@@ -118,7 +118,7 @@ class EngineConfig:
 class CheckpointConfig:
     every_steps: int = option(0, "save every N optimiser steps; 0 = no step-based saves")
     every_minutes: float = option(0.0, "save every N minutes of wall-clock time; 0 = off")
-    keep_last: int = option(2, "complete checkpoints kept (older ones are pruned)")
+    keep_last: int = option(2, "tags of the current line kept, the new save included; older ones are pruned")
     resume: str = option("none", "none | auto (newest complete checkpoint in output_dir) | PATH to a checkpoint tag")
 
 

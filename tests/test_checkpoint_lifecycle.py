@@ -163,3 +163,17 @@ def test_no_intact_tag_the_launcher_exits_2_with_one_error_line(run: Path, tiny_
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     ours = [line for line in result.stderr.splitlines() if line.startswith("mpo-dist train: error: ")]
     assert len(ours) == 1 and "checkpoint.resume=auto: no intact checkpoint in" in ours[0], result.stderr[-3000:]
+
+
+def test_check_refuses_a_checkpoint_of_another_world_size(finished: Path, tiny_models: dict[str, Path],
+                                                          capsys: pytest.CaptureFixture) -> None:
+    from mpo_dist.cli import main
+
+    overrides = [part for setting in settings(tiny_models["llama"], finished) for part in ("--set", setting)]
+    assert main(["check", *overrides, "--resume", "auto", "--gpus-per-node", "2", "--cpu"]) == 2
+    errors = [line for line in capsys.readouterr().out.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: checkpoint {tag(finished, STEPS)} was written by 1 ranks and this run has 2: convert it "
+                      f"with `mpo-dist convert-universal {tag(finished, STEPS)} OUT_DIR` and resume from "
+                      f"OUT_DIR/step_{STEPS:08d}, or resume with 1 ranks"]
+    assert main(["check", *overrides, "--resume", "auto", "--gpus-per-node", "1", "--cpu"]) == 0
+    assert f"resume     {tag(finished, STEPS)} (checkpoint.resume=auto)" in capsys.readouterr().out
