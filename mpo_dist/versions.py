@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     diff.add_argument("lock", type=Path)
     args = parser.parse_args(argv)
     if args.command == "constraints":
-        args.out.write_text(constraints_text(read_lock(args.lock), args.lock.name))
+        from mpo_dist.atomic_write import atomic_write_text
+
+        atomic_write_text(args.out, constraints_text(read_lock(args.lock), args.lock.name))
         return 0
     rows = lock_differences(read_lock(args.lock), installed_versions())
     print(f"{len(rows)} package(s) differ from {args.lock}" + (":" if rows else ""))

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from mpo_dist.atomic_write import atomic_write_text
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -70,7 +72,7 @@ def run_demo(args: argparse.Namespace) -> int:
     report = (f"# mpo-dist demo: held-out reward gaps (A(chosen) - A(rejected)) per language\n\n{table}\n\n"
               f"All target languages moved towards the {dominant} reference gap / beta: {'yes' if all_moved else 'NO'}\n"
               f"Demo wall time: {minutes:.1f} min. TensorBoard: tensorboard --logdir {out}\n")
-    (out / "demo_report.md").write_text(report)
+    atomic_write_text(out / "demo_report.md", report)
     print("\n" + report)
     print(f"Per-language report with plots: {write_run_report(mpo)['html']}")
     return 0 if all_moved else 1

@@ -145,7 +145,7 @@ def evaluate_model(role: str, path: Path, records: list[ParallelRecord], benign:
 
 def write_generations(path: Path, judged: dict[str, dict[str, list[JudgedResponse]]]) -> None:
     """One line per response: harmful prompts carry is_safe, benign ones refused."""
-    from mpo_dist.eval.report import write_text_atomically
+    from mpo_dist.atomic_write import atomic_write_text
     from mpo_dist.eval.verdicts import REFUSED
 
     def row(role: str, split: str, r: JudgedResponse) -> dict:
@@ -153,7 +153,7 @@ def write_generations(path: Path, judged: dict[str, dict[str, list[JudgedRespons
         return {"role": role, "split": split, "id": r.record_id, "language": r.language, "prompt": r.prompt,
                 "response": r.response, "verdict": r.verdict, **grade}
 
-    write_text_atomically(path, "".join(json.dumps(row(role, split, r), ensure_ascii=False) + "\n"
+    atomic_write_text(path, "".join(json.dumps(row(role, split, r), ensure_ascii=False) + "\n"
                                         for role, splits in judged.items()
                                         for split, responses in splits.items() for r in responses))
 

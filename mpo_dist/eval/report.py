@@ -6,14 +6,15 @@ their binomial standard errors (mpo_dist.eval.binomial), so a before/after chang
 from __future__ import annotations
 
 import html
+import io
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from mpo_dist.atomic_write import atomic_write_bytes, atomic_write_text
 from mpo_dist.eval.binomial import difference_standard_error, standard_error, wilson_interval
 from mpo_dist.eval.errors import EvalError
 from mpo_dist.eval.generation import JudgedResponse
@@ -381,17 +382,6 @@ def render_html(report: EvalReport, metrics: dict, plots: list[Path]) -> str:
             f"Mean and variance across languages (population variance).</p>{sections}{images}</body></html>\n")
 
 
-# ---- files ----------------------------------------------------------------------------------------------------------
-PARTIAL_SUFFIX = ".partial"
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Through a sibling file and a rename: a report file that exists is whole, even after a crash or a full disk."""
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-
-
 # ---- plots ----------------------------------------------------------------------------------------------------------
 def _save_figure(path: Path, draw: Callable, panels: int = 1) -> Path:
     """`draw(axes)` on one panel, or `draw([axes, ...])` on `panels` side by side; saved as an 800 x 450 PNG."""
@@ -401,9 +391,9 @@ def _save_figure(path: Path, draw: Callable, panels: int = 1) -> Path:
     axes = figure.subplots(1, panels)
     draw(list(axes) if panels > 1 else axes)
     figure.tight_layout()
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    figure.savefig(partial, dpi=PLOT_DPI, format="png")
-    os.replace(partial, path)
+    png = io.BytesIO()
+    figure.savefig(png, dpi=PLOT_DPI, format="png")
+    atomic_write_bytes(path, png.getvalue())  # a plot that exists is whole, even after a crash or a full disk
     return path
 
 
@@ -506,9 +496,9 @@ def write_report(report: EvalReport, out: Path) -> dict[str, Path]:
     metrics = metrics_dict(report)
     plots = write_plots(report, metrics, out)
     files = {"metrics": out / METRICS_FILE, "markdown": out / "report.md", "html": out / "report.html"}
-    write_text_atomically(files["metrics"], json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-    write_text_atomically(files["markdown"], render_markdown(report, metrics, plots))
-    write_text_atomically(files["html"], render_html(report, metrics, plots))
+    atomic_write_text(files["metrics"], json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(files["markdown"], render_markdown(report, metrics, plots))
+    atomic_write_text(files["html"], render_html(report, metrics, plots))
     write_tensorboard(metrics, out, step=report.history[-1]["step"] if report.history else 0)
     files.update({plot.stem: plot for plot in plots})
     return files

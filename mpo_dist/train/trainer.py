@@ -204,7 +204,7 @@ class Trainer:
             path = self.output_dir / name
             if path.is_file():
                 kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-                path.write_text("".join(line + "\n" for line in kept))
+                atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def save(self, step: int) -> None:
         client_state = {"step": step, "sampler": self.sampler.state_dict(), "config": to_dict(self.config)}
