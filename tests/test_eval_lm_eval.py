@@ -29,6 +29,7 @@ def local_task(tmp_path: Path) -> Path:
 
 
 @needs_lm_eval
+@pytest.mark.canary
 def test_lm_eval_bridge_on_a_local_task(tiny_models: dict[str, Path], tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from mpo_dist.cli import main
