@@ -174,6 +174,16 @@ def read_marker(tag_dir: Path) -> Marker:
                               "verified") from error
 
 
+def marker_or_problem(tag_dir: Path) -> Marker | str:
+    """The tag's marker, or the one-line reason there is no usable one (not fully written, unreadable, invalid)."""
+    if not is_complete(tag_dir):
+        return f"no {COMPLETE_MARKER} marker: it was not fully written (crash or preemption during the save)"
+    try:
+        return read_marker(tag_dir)
+    except CheckpointError as error:
+        return str(error)
+
+
 def verify(tag_dir: Path, *, rank: int = 0, world_size: int = 1, readers: int = 1,
            marker: Marker | None = None) -> TagCheck:
     """Compare this rank's share of the tag's files (`shares_by_bytes` of the recorded sizes) with the marker's record,
@@ -181,13 +191,9 @@ def verify(tag_dir: Path, *, rank: int = 0, world_size: int = 1, readers: int = 
     so that every rank checks against the same one. Problems are one-line sentences naming the file, in name order.
     A tag without a marker is reported as not fully written."""
     if marker is None:
-        if not is_complete(tag_dir):
-            return TagCheck([f"no {COMPLETE_MARKER} marker: it was not fully written (crash or preemption during the save)"],
-                            recorded=False)
-        try:
-            marker = read_marker(tag_dir)
-        except CheckpointError as error:
-            return TagCheck([str(error)], recorded=False)
+        marker = marker_or_problem(tag_dir)
+        if isinstance(marker, str):
+            return TagCheck([marker], recorded=False)
     if marker.files is None:
         names = tag_files(tag_dir)
         problems = structure_problems(names) if rank == 0 else []

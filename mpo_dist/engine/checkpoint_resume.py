@@ -9,14 +9,13 @@ import logging
 from pathlib import Path
 
 from mpo_dist.engine.checkpoint_layout import (
-    COMPLETE_MARKER,
     LATEST_FILE,
     CheckpointError,
     Marker,
     describe,
     is_complete,
     looks_like_tag,
-    read_marker,
+    marker_or_problem,
     saved_world_size,
     tag_dirs,
     tag_for,
@@ -28,21 +27,12 @@ from mpo_dist.engine.engines import broadcast_from_rank0, gather_objects, rank_a
 log = logging.getLogger("mpo_dist")
 
 
-def _marker_or_problem(tag_dir: Path) -> Marker | str:
-    if not is_complete(tag_dir):
-        return f"no {COMPLETE_MARKER} marker: it was not fully written (crash or preemption during the save)"
-    try:
-        return read_marker(tag_dir)
-    except CheckpointError as error:
-        return str(error)
-
-
 def verified_problems(tag_dir: Path, readers: int = 1) -> tuple[list[str], Marker | None]:
     """Collective: the problems of `tag_dir` and its marker (None if it has no readable one). Rank 0 reads the marker
     and hands it to every rank, so all check against one record; each rank checksums its share of the recorded bytes
     with `readers` threads; every rank gets every problem."""
     rank, world_size = rank_and_world()
-    marker = broadcast_from_rank0(_marker_or_problem(tag_dir) if rank == 0 else None)
+    marker = broadcast_from_rank0(marker_or_problem(tag_dir) if rank == 0 else None)
     if isinstance(marker, str):
         return [marker], None
     checks = gather_objects(verify(tag_dir, rank=rank, world_size=world_size, readers=readers, marker=marker))
