@@ -96,3 +96,18 @@ def test_fused_head_under_zero3_equals_hf_log_softmax_and_export_reloads_and_gen
             assert int(exported(input_ids=sequence[None]).logits[0, -1].argmax()) == int(token)
         sequence = torch.cat([sequence, token[None]])
     assert len(generated) >= 4 and tokenizer.decode(generated).strip()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--methods", "mpo,ppo"], "launch/real.sh: --methods: unknown method 'ppo' (expected a comma-separated list of mpo, "
+                               "mpo-mlc, dpo)"),
+    (["--mlc"], "launch/real.sh: unknown argument '--mlc' (see --help)"),
+])
+def test_real_sh_refuses_bad_arguments_before_any_set_up(arguments: list[str], message: str, tmp_path: Path) -> None:
+    """Checked before setup_env.sh runs, so nothing is installed and no output directory appears."""
+    import subprocess
+
+    result = subprocess.run(["bash", str(REPO_ROOT / "launch" / "real.sh"), "--out", str(tmp_path / "out"), *arguments],
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr.strip(), result.stdout) == (2, message, "")
+    assert not (tmp_path / "out").exists()
