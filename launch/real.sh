@@ -67,13 +67,12 @@ fi
 for method in "${METHOD_LIST[@]}"; do
   stage "3/5 $method on zh ja ko ar bn sw, reference = the $([ "$SKIP_WARMUP" = 0 ] && echo warm-up || echo imported) model"
   case "$method" in
-    mpo) torchrun train --config configs/real_mpo.yaml --set "model.path=$WARM" --set "train.output_dir=$OUT/$method" \
-             --set checkpoint.resume=none --set mlc.enabled=false "${MPO_SETS[@]}" ;;
-    mpo-mlc) torchrun train --config configs/real_mpo.yaml --set "model.path=$WARM" --set "train.output_dir=$OUT/$method" \
-                 --set checkpoint.resume=none --set mlc.enabled=true "${MPO_SETS[@]}" ;;
-    dpo) torchrun train --config configs/real_dpo.yaml --set "model.path=$WARM" --set "train.output_dir=$OUT/$method" \
-             --set checkpoint.resume=none "${DPO_SETS[@]}" ;;
+    mpo) config=configs/real_mpo.yaml method_sets=(--set mlc.enabled=false "${MPO_SETS[@]}") ;;
+    mpo-mlc) config=configs/real_mpo.yaml method_sets=(--set mlc.enabled=true "${MPO_SETS[@]}") ;;
+    dpo) config=configs/real_dpo.yaml method_sets=("${DPO_SETS[@]}") ;;
   esac
+  torchrun train --config "$config" --set "model.path=$WARM" --set "train.output_dir=$OUT/$method" \
+      --set checkpoint.resume=none "${method_sets[@]}"
 done
 
 EVAL_ARGS=(--data sample:heldout --benign sample:benign --max-new-tokens "$MAX_NEW_TOKENS" --max-length 256

@@ -28,6 +28,10 @@ def _results(out: Path) -> dict:
     return {"results": metrics["results"], "change": metrics["change"]}
 
 
+def _generation_lines(out: Path) -> list[str]:
+    return sorted((out / "generations.jsonl").read_text(encoding="utf-8").splitlines())
+
+
 def test_reused_scores_give_the_fresh_report(tiny_models: dict[str, Path], tmp_path: Path, capsys) -> None:
     data = (_first_lines("sample:heldout", 2, tmp_path / "heldout.jsonl"), _first_lines("sample:benign", 3, tmp_path / "benign.jsonl"))
     first, reused, fresh = tmp_path / "first", tmp_path / "reused", tmp_path / "fresh"
@@ -40,8 +44,7 @@ def test_reused_scores_give_the_fresh_report(tiny_models: dict[str, Path], tmp_p
     assert "reference: loading" not in log and "model: loading" in log
     _eval(tiny_models["gemma2"], tiny_models["qwen2"], fresh, data)
     assert _results(reused) == _results(fresh)
-    rows = lambda out: sorted((out / "generations.jsonl").read_text(encoding="utf-8").splitlines())  # noqa: E731
-    assert rows(reused) == rows(fresh)
+    assert _generation_lines(reused) == _generation_lines(fresh)
     # a model stored as "model" is reused as the reference of a later eval
     capsys.readouterr()
     _eval(tiny_models["qwen2"], tiny_models["llama"], tmp_path / "swapped", data, "--reuse-scores", str(first))

@@ -63,6 +63,14 @@ def _scores_to_json(scores: ModelScores) -> dict[str, Any]:
             "utility": scores.utility}
 
 
+def _scores_from_json(scores: dict[str, Any], role: str, source: Path) -> ModelScores:
+    """The inverse of `_scores_to_json`, as `role` of this evaluation (a stored "model" can be today's reference)."""
+    return ModelScores(role, role, str(source), scores["reward_gaps"],
+                       {lang: VerdictCounts(**counts) for lang, counts in scores["verdict_counts"].items()},
+                       {lang: RefusalCounts(**counts) for lang, counts in scores["refusal_counts"].items()},
+                       scores["utility"])
+
+
 def save_scores(out: Path, role: str, fingerprint: dict[str, Any], scores: ModelScores,
                 responses: Responses | None) -> Path:
     """OUT/scores/<role>.json, written atomically (rank 0)."""
@@ -95,11 +103,7 @@ def find_scores(directories: list[Path], fingerprint: dict[str, Any], role: str,
                 continue
             stored = content["fingerprint"]
             if stored == fingerprint:
-                scores = content["scores"]
-                model_scores = ModelScores(
-                    role, role, str(source), scores["reward_gaps"],
-                    {lang: VerdictCounts(**counts) for lang, counts in scores["verdict_counts"].items()},
-                    {lang: RefusalCounts(**counts) for lang, counts in scores["refusal_counts"].items()}, scores["utility"])
+                model_scores = _scores_from_json(content["scores"], role, source)
                 responses = None if content["responses"] is None else {
                     split: [JudgedResponse(**row) for row in rows] for split, rows in content["responses"].items()}
                 return StoredScores(model_scores, responses, path)
