@@ -190,6 +190,31 @@ def test_identical_pairs_are_a_warning_and_train_goes_on(mpo: list[str], tmp_pat
                                "train nothing but take their share of every batch (docs/data.md)"]
 
 
+def test_a_language_whose_every_pair_is_identical_is_an_error_only_if_the_run_uses_it(mpo: list[str],
+                                                                                     tmp_path: Path) -> None:
+    rows = sample_rows()
+    rows = [dict(row, rejected=dict(row["rejected"], ja=row["chosen"]["ja"])) if "ja" in row["chosen"] else row
+            for row in rows]
+    rows[3] = dict(rows[3], rejected=dict(rows[3]["rejected"], zh=rows[3]["chosen"]["zh"]))
+    data = write_jsonl(tmp_path / "ja-same.jsonl", rows)
+    ja_pairs = sum("ja" in row["chosen"] and "ja" in row["rejected"] for row in rows)
+    report = checked(mpo + [f"data.train_files=[{data}]"])
+    assert report.errors == [f"data.train_files: all {ja_pairs} ja pairs have chosen identical to rejected ({data}): ja "
+                             "has no preference to learn (docs/data.md)"]
+    assert report.warnings == [f"1 pair(s) have chosen identical to rejected (first: {data}, row 4, language zh); they "
+                               "train nothing but take their share of every batch (docs/data.md)"]
+    without_ja = checked(mpo + [f"data.train_files=[{data}]", "data.languages=[zh,ko]"])
+    assert without_ja.errors == [] and len(without_ja.warnings) == 1
+
+
+def test_an_output_dir_that_can_be_made_passes_and_nothing_is_left(mpo: list[str], tmp_path: Path) -> None:
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    for output_dir in (existing, tmp_path / "new" / "deeper" / "run"):
+        assert checked(mpo + [f"train.output_dir={output_dir}"]).errors == []
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["existing"]  # no probe left, nothing created
+
+
 def test_example_id_in_two_files(mpo: list[str], tmp_path: Path) -> None:
     rows = sample_rows()[:4]
     first, second = write_jsonl(tmp_path / "a.jsonl", rows), write_jsonl(tmp_path / "b.jsonl", rows[:1])

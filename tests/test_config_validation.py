@@ -1,6 +1,7 @@
 """Config loading: YAML + overrides, and errors that name the offending key before any process starts."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,57 @@ def test_deepspeed_templates_have_every_auto_filled(tmp_path: Path) -> None:
     config.engine.policy_config = str(broken)
     with pytest.raises(DeepSpeedConfigError, match="zero_optimization.sub_group_size"):
         render_policy_config(config, world_size=1, dtype="fp32", hidden_size=8, on_gpu=False)
+
+
+# ---- config files: a key given twice, a directory, a file that is not text ----------------------------------------
+def test_a_yaml_key_given_twice_names_both_lines_but_a_merge_may_override(tmp_path: Path) -> None:
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("model: {path: /m}\nloss:\n  name: ipo\n  dpo: &shared {beta: 0.2}\n  ipo:\n    <<: *shared\n"
+                      "    beta: 0.3\n")
+    config = load_config(merged)
+    assert (config.loss.dpo.beta, config.loss.ipo.beta) == (0.2, 0.3)  # the merged key overridden, as YAML means it
+
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("model: {path: /m}\nloss:\n  name: dpo\n  dpo:\n    beta: 0.2\n    label_smoothing: 0.1\n"
+                      "    beta: 0.5\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(nested)
+    assert str(caught.value) == (f"config file {nested}: invalid YAML: key 'beta' given twice, first at line 5 "
+                                 "(line 7, column 5)")
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, REQUIRED + ["data.train_files=[{path: a.jsonl, format: mpo, path: b.jsonl}]"])
+    assert str(caught.value) == ("--set data.train_files: the value '[{path: a.jsonl, format: mpo, path: b.jsonl}]' is "
+                                 "not valid YAML: key 'path' given twice, first at line 1 (line 1, column 31)")
+
+
+def test_config_file_that_is_a_directory_or_not_text(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)
+    assert str(caught.value) == f"config file {tmp_path} is a directory; expected a file"
+    binary = tmp_path / "run.yaml"
+    binary.write_bytes(b"model:\n  path: /m\xff\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(binary)
+    assert str(caught.value) == f"config file {binary} is not UTF-8 text (byte 17)"
+
+
+@pytest.mark.parametrize(("text", "lines"), [
+    ('{"a": 1, "b": {"a": 2}, "c": [{"a": 3}, {"a": 4}]}', None),  # one key in different objects: fine
+    ('{"a": "x\\": {\\"a\\": 1", "b": "\\"a\\": 2"}', None),  # key-like text inside strings is not a key
+    ('{\n  "a": {\n    "k": 1,\n    "k": [1, {"k": 2}]\n  }\n}', (3, 4)),
+    ('{"zero_optimization": {"stage": 3},\n "bf16": {"enabled": true},\n "zero_optimization": {}}', (1, 3)),
+])
+def test_a_json_template_key_given_twice_in_one_object_names_both_lines(tmp_path: Path, text: str,
+                                                                          lines: tuple[int, int] | None) -> None:
+    from mpo_dist.config_files import load_json_config
+
+    path = tmp_path / "template.json"
+    path.write_text(text)
+    if lines is None:
+        assert load_json_config(path, "DeepSpeed config template") == json.loads(text)
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_json_config(path, "DeepSpeed config template")
+    key = "k" if "k" in text else "zero_optimization"
+    assert str(caught.value) == (f"DeepSpeed config template {path}: key {key!r} given twice in one object, at lines "
+                                 f"{lines[0]} and {lines[1]} (a JSON parser keeps only the last)")

@@ -75,13 +75,38 @@ def check_languages(config: Config, records: list[ParallelRecord], *, with_ancho
                          f"(first: {_where(lacking[0])}, no prompt in {', '.join(missing)})")
 
 
-def check_identical_pairs(records: list[ParallelRecord], report: CheckReport) -> None:
-    """A pair whose chosen and rejected texts are equal carries no preference: its reward gap is zero by construction."""
-    identical = [(record, lang) for record in records for lang in record.pair_languages()
-                 if record.chosen[lang].strip() == record.rejected[lang].strip()]
-    if identical:
-        record, lang = identical[0]
-        report.warn(f"{len(identical)} pair(s) have chosen identical to rejected (first: {_where(record)}, language "
+def _files(records: list[ParallelRecord]) -> str:
+    """The files `records` come from, at most three by name, so that the message stays one readable line."""
+    files = sorted({str(record.file) for record in records})
+    return ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+
+
+def check_identical_pairs(config: Config, records: list[ParallelRecord], *, with_anchor: bool,
+                          report: CheckReport) -> None:
+    """A pair whose chosen and rejected texts are equal carries no preference: its reward gap is zero by construction.
+    A few are a warning; a language the run uses whose every pair is such (or the whole data set) is an error, since
+    its training would do nothing (a rejected column filled from the chosen one, say)."""
+    used = set(config.data.languages) | ({config.data.dominant_language} if with_anchor else set())
+    pairs = [(record, lang) for record in records for lang in record.pair_languages()
+             if not config.data.languages or lang in used]
+    identical = [(record, lang) for record, lang in pairs if record.chosen[lang].strip() == record.rejected[lang].strip()]
+    if not identical:
+        return
+    if len(identical) == len(pairs):
+        report.error(f"data.train_files: all {len(pairs)} pairs have chosen identical to rejected "
+                     f"({_files([record for record, _ in pairs])}): there is no preference to learn (docs/data.md)")
+        return
+    per_language = Counter(lang for _, lang in pairs)
+    identical_per_language = Counter(lang for _, lang in identical)
+    void = sorted(lang for lang, count in identical_per_language.items() if count == per_language[lang])
+    for lang in void:
+        report.error(f"data.train_files: all {per_language[lang]} {lang} pairs have chosen identical to rejected "
+                     f"({_files([record for record, pair_lang in identical if pair_lang == lang])}): {lang} has no "
+                     "preference to learn (docs/data.md)")
+    rest = [(record, lang) for record, lang in identical if lang not in void]
+    if rest:
+        record, lang = rest[0]
+        report.warn(f"{len(rest)} pair(s) have chosen identical to rejected (first: {_where(record)}, language "
                     f"{lang}); they train nothing but take their share of every batch (docs/data.md)")
 
 

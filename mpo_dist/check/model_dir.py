@@ -2,6 +2,8 @@
 
 Without this check a missing model.path reaches Hugging Face as a hub "repo id" and fails with "Repo id must be in the
 form ...", and a directory without a tokenizer fails with a sentencepiece / tiktoken message; neither names the path.
+Weight files the running user cannot read would pass everything else and fail only when the engine loads them, minutes
+later, as a FileNotFoundError; they are opened here.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mpo_dist.check.report import CheckReport
 from mpo_dist.config import Config
+from mpo_dist.file_access import read_problem, this_user
 from mpo_dist.models.alignment_model import mlc_layer_problem
 from mpo_dist.models.tokenizer import load_tokenizer
 
@@ -31,24 +34,44 @@ class ModelInputs:
 
 
 def _weights_problem(model_dir: Path) -> str | None:
-    """None when the weights are there: a single file, or an index whose every shard exists."""
+    """None when the weights are there and readable: a single file, or an index whose every shard exists. The first
+    name found in WEIGHT_INDEX_FILES, then WEIGHT_FILES, is the one Hugging Face loads."""
     for index_name in WEIGHT_INDEX_FILES:
         index_path = model_dir / index_name
         if index_path.is_file():
+            problem = read_problem(index_path)
+            if problem:
+                return f"{index_path} {problem}"
             try:
                 shards = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
             except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
                 return f"{index_path} is not a weight index (expected JSON with a 'weight_map')"
             missing = [shard for shard in shards if not (model_dir / shard).is_file()]
-            return f"{index_path} lists {len(missing)} missing shard file(s), e.g. {missing[0]}" if missing else None
-    if any((model_dir / name).is_file() for name in WEIGHT_FILES):
-        return None
+            if missing:
+                return f"{index_path} lists {len(missing)} missing shard file(s), e.g. {missing[0]}"
+            return _unreadable_weights([model_dir / shard for shard in shards])
+    for name in WEIGHT_FILES:
+        if (model_dir / name).is_file():
+            return _unreadable_weights([model_dir / name])
     return f"{model_dir} has no weights ({', '.join(WEIGHT_FILES + WEIGHT_INDEX_FILES)})"
+
+
+def _unreadable_weights(files: list[Path]) -> str | None:
+    problems = [(path, problem) for path in files if (problem := read_problem(path))]
+    if not problems:
+        return None
+    path, problem = problems[0]
+    more = f" (and {len(problems) - 1} more of the {len(files)} weight files)" if len(problems) > 1 else ""
+    return f"{path} {problem}{more}"
 
 
 def _load_config(model_dir: Path, report: CheckReport) -> Any | None:
     from transformers import AutoConfig
 
+    problem = read_problem(model_dir / "config.json")
+    if problem:
+        report.error(f"model.path: {model_dir / 'config.json'} {problem}")
+        return None
     try:
         return AutoConfig.from_pretrained(model_dir, local_files_only=True)
     except (OSError, ValueError, KeyError) as error:
@@ -71,8 +94,15 @@ def _load_tokenizer(config: Config, report: CheckReport) -> PreTrainedTokenizerB
     if not tokenizer_dir.is_dir():
         report.error(f"{key}: tokenizer directory {tokenizer_dir} does not exist")
         return None
+    problem = read_problem(tokenizer_dir)
+    if problem:
+        report.error(f"{key}: tokenizer directory {tokenizer_dir} {problem}")
+        return None
     try:
         tokenizer = run_tokenizer(config)
+    except PermissionError as error:  # one of the files the tokenizer reads
+        report.error(f"{key}: {error.filename} is not readable by {this_user()}")
+        return None
     except Exception as error:  # noqa: BLE001 - each tokenizer backend fails its own way on a wrong directory
         first_line = (str(error).splitlines() or [""])[0]
         report.error(f"{key}: no tokenizer loads from {tokenizer_dir} ({type(error).__name__}: {first_line}); expected "
@@ -91,6 +121,10 @@ def check_model_directory(config: Config, report: CheckReport) -> ModelInputs | 
     if not model_dir.is_dir():
         what = "is a file, not a directory" if model_dir.exists() else "does not exist"
         report.error(f"model.path: {model_dir} {what}; expected a local Hugging Face model directory ({INIT_TINY_HINT})")
+        return None
+    problem = read_problem(model_dir)
+    if problem:
+        report.error(f"model.path: {model_dir} {problem}")
         return None
     if not (model_dir / "config.json").is_file():
         report.error(f"model.path: {model_dir} is not a Hugging Face model directory (no config.json; {INIT_TINY_HINT})")

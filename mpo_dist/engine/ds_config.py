@@ -6,16 +6,17 @@ the run (batch sizes, lr, schedule length, dtype, buckets sized from the model's
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
 from mpo_dist.config import Config
+from mpo_dist.config_files import load_json_config
 from mpo_dist.errors import UserError
 
 
 class DeepSpeedConfigError(UserError):
-    """A template is unreadable or keeps an "auto" that mpo-dist cannot fill."""
+    """A template keeps an "auto" that mpo-dist cannot fill, or a section mpo-dist owns (an unreadable or invalid
+    template file is a ConfigError from mpo_dist.config_files)."""
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -26,12 +27,7 @@ def read_template(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file() and not path.is_absolute() and (REPO_ROOT / path).is_file():
         path = REPO_ROOT / path
-    if not path.is_file():
-        raise DeepSpeedConfigError(f"DeepSpeed config template {path} does not exist")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DeepSpeedConfigError(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from None
+    return load_json_config(path, "DeepSpeed config template")  # a key given twice is refused, not silently dropped
 
 
 DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE = 500_000_000  # zero_optimization.reduce_bucket_size when the key is absent
