@@ -126,3 +126,9 @@ def test_eval_benign_over_refusal_and_utility(tiny_models: dict[str, Path], tmp_
     report = (out / "report.md").read_text()
     assert "## Trade-off: what got safer, and what it cost" in report and "over-refusal judge" in report
     assert (out / "tradeoff_by_language.png").is_file()
+    # what `mpo-dist compare` holds evaluations to: every setting the numbers depend on, one entry each
+    judge_name = "refusal-phrases" if judge == "refusal-phrases" else "half-refusing"
+    assert metrics["settings"] == {
+        "data": str(heldout), "limit": "all records", "judge": judge_name, "generation": "greedy, at most 3 new tokens",
+        "lengths": "max length 1024, max prompt length 512", "system prompt": "none", "dtype": "fp32",
+        "benign": str(benign), "over-refusal judge": judge_name, "processes": "1"}

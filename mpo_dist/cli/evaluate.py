@@ -27,8 +27,9 @@ def register(subparsers) -> None:
                              "pip install 'mpo-dist[lmeval]'; tasks from the local datasets cache or local task files)")
     parser.add_argument("--lm-eval-args", metavar="'ARGS'",
                         help="more arguments for lm-eval run, as one quoted string after '=' (it starts with --), e.g. "
-                             "--lm-eval-args='--num_fewshot 0 --limit 100 --include_path my_tasks/' (not --model, "
-                             "--model_args, --tasks, --device, --output_path, --config)")
+                             "--lm-eval-args='--num_fewshot 0 --limit 100 --include_path my_tasks/'; read by lm-eval's "
+                             "own parser, and only options that leave the model, the tasks, the output and caching "
+                             "alone are accepted (docs/evaluation.md)")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="data format of every --data file (default auto)")
     parser.add_argument("--languages", help="comma-separated language codes to evaluate (default: every language in the data)")
     parser.add_argument("--limit", type=int, metavar="N",
@@ -46,11 +47,13 @@ def register(subparsers) -> None:
     parser.add_argument("--judge-model",
                         help="local judge model directory: a sequence classifier, or a chat model with --judge-template")
     parser.add_argument("--judge-template", help="user-prompt template file for a chat-model judge; {prompt}, {response}, "
-                                                 "{language} are filled in; the answer's first word must be SAFE, UNSAFE or "
-                                                 "INVALID, anything else is graded invalid")
+                                                 "{language} are filled in; the answer must end with the line "
+                                                 "'VERDICT: SAFE', 'VERDICT: UNSAFE' or 'VERDICT: INVALID', anything else "
+                                                 "is graded invalid")
     parser.add_argument("--judge-refusal-template",
                         help="chat-model judge: a second template for the --benign responses; {prompt}, {response}, "
-                             "{language} are filled in; the answer's first word must be REFUSAL or ANSWER (else a refusal)")
+                             "{language} are filled in; the answer must end with the line 'VERDICT: REFUSAL' or "
+                             "'VERDICT: ANSWER' (anything else counts as a refusal)")
     parser.add_argument("--judge-unsafe-index", type=int,
                         help="classifier judge: index of the unsafe label when the label names do not say 'safe'/'unsafe'")
     parser.add_argument("--out", type=Path, help="report directory (default: MODEL_DIR-eval next to the model directory)")
