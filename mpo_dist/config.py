@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
+from mpo_dist.config_files import ConfigError, parse_yaml, read_config_text, yaml_problem
 from mpo_dist.data.data_file import DataFile
 from mpo_dist.data.schema import KNOWN_LANGUAGES
-from mpo_dist.errors import UserError
 from mpo_dist.losses import LOSSES
 from mpo_dist.losses.cpo import CPOOptions
 from mpo_dist.losses.dpo import DPOOptions
@@ -28,10 +28,6 @@ from mpo_dist.losses.orpo import ORPOOptions
 from mpo_dist.losses.simpo import SimPOOptions
 from mpo_dist.option import option
 from mpo_dist.runtime import DTYPE_CHOICES
-
-
-class ConfigError(UserError):
-    """A configuration value is missing, unknown or invalid; the message names the dotted key."""
 
 
 @dataclass
@@ -60,6 +56,8 @@ class DataConfig:
     system_prompt: str = option("", "system message rendered before every prompt")
     packing: bool = option(False, "one row per micro-batch, sequences end to end (no padding compute); "
                                   "same results as padded")
+    allow_changed: bool = option(False, "resume even though the training examples differ from those the checkpoint "
+                                        "was trained on (the sampler restarts its epoch); false: such a resume is refused")
 
 
 @dataclass
@@ -120,6 +118,12 @@ class CheckpointConfig:
     every_minutes: float = option(0.0, "save every N minutes of wall-clock time; 0 = off")
     keep_last: int = option(2, "tags of the current line kept, the new save included; older ones are pruned")
     resume: str = option("none", "none | auto (newest complete checkpoint in output_dir) | PATH to a checkpoint tag")
+    on_existing: str = option("refuse", "a fresh start (resume none) in an output_dir that holds tags: refuse | "
+                                        "set_aside (move them to checkpoints/abandoned/) | delete")
+    keep_abandoned: int = option(1, "set-aside lines kept under checkpoints/abandoned/ (older ones are deleted); "
+                                    "0 = delete what a resume or fresh start sets aside")
+    new_line: bool = option(False, "an explicit resume of the tag this run's unfinished line started from starts a new "
+                                   "line instead of continuing it (never on a SLURM requeue)")
 
 
 @dataclass
@@ -157,6 +161,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.attn_implementation": ("sdpa", "eager", "flash_attention_2"),
     "loss.name": tuple(LOSSES),
     "engine.reference": ("online", "cache", "none"),
+    "checkpoint.on_existing": ("refuse", "set_aside", "delete"),
 }
 _FILE_FORMATS = ("auto", "unified", "mpo", "mlc")
 
@@ -230,13 +235,6 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         raise ConfigError(f"{prefix or 'config'}: {error}") from None
 
 
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    """PyYAML's message on one line: the problem and where, without the quoted source lines."""
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    mark = getattr(error, "problem_mark", None)
-    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
-
-
 def _is_list_key(parts: list[str]) -> bool:
     """Whether the dotted key `parts` names a list-valued field of Config (e.g. data.train_files)."""
     cls: Any = Config
@@ -260,9 +258,9 @@ def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: {part} is not a section")
     try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        node[parts[-1]] = parse_yaml(raw) if raw != "" else ""
     except yaml.YAMLError as error:
-        raise ConfigError(f"--set {dotted}: the value {raw!r} is not valid YAML: {_yaml_problem(error)}") from None
+        raise ConfigError(f"--set {dotted}: the value {raw!r} is not valid YAML: {yaml_problem(error)}") from None
 
 
 def validate(config: Config) -> None:
@@ -316,6 +314,8 @@ def validate(config: Config) -> None:
         )
     if config.checkpoint.keep_last < 1:
         raise ConfigError(f"checkpoint.keep_last: must be >= 1, got {config.checkpoint.keep_last}")
+    if config.checkpoint.keep_abandoned < 0:
+        raise ConfigError(f"checkpoint.keep_abandoned: must be >= 0, got {config.checkpoint.keep_abandoned}")
     if config.data.packing and config.loss.name == "mpo" and config.loss.mpo.pooling == "all_positions":
         raise ConfigError("loss.mpo.pooling: 'all_positions' (mean including right padding) has no meaning with "
                           "data.packing=true, where there is no padding; use pooling 'masked' or turn packing off")
@@ -382,16 +382,16 @@ def needs_reference(config: Config) -> bool:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read YAML (optional), apply `key=value` overrides (values parsed as YAML), build and validate the Config."""
+    """Read YAML (optional; a key given twice is an error), apply `key=value` overrides (values parsed as YAML), build
+    and validate the Config."""
     tree: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+        text = read_config_text(path, "config file")
         try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            tree = parse_yaml(text) or {}
         except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path}: invalid YAML: {_yaml_problem(error)}") from None
+            raise ConfigError(f"config file {path}: invalid YAML: {yaml_problem(error)}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
     for override in overrides or []:

@@ -75,7 +75,7 @@ def test_keep_last_1_with_a_damaged_newest_tag_keeps_the_fallback_runs_save(run:
     # The fallback run falls back to step 4 and ends at step 5 (its last save, followed by pruning, as a stop's is).
     assert train(tiny_models["llama"], run, steps=5, resume="auto", keep_last=1) == 0
     assert tags(run) == ["step_00000005"]  # before: step 9's analogue kept, 4 and 5 deleted, latest dangling
-    assert tags(run, "checkpoints/abandoned") == ["step_00000006"]
+    assert tags(run, "checkpoints/abandoned/line_0001") == ["step_00000006"]
     assert (run / "checkpoints" / "latest").read_text() == "step_00000005"
     assert resolve_resume("auto", run / "checkpoints") == tag(run, 5) and verify(tag(run, 5)).problems == []
     messages = capsys.readouterr().out.splitlines()  # the trainer's console log
@@ -89,7 +89,7 @@ def test_resuming_an_older_tag_keeps_its_new_save_and_auto_continues_it(run: Pat
     # the issue's 200/300/400 case in small: resume from 2 (tags 4 and 6 newer), save 3 with keep_last=2
     assert train(tiny_models["llama"], run, steps=3, resume=str(tag(run, 2)), keep_last=2, every=1) == 0
     assert tags(run) == ["step_00000002", "step_00000003"]
-    assert tags(run, "checkpoints/abandoned") == ["step_00000004", "step_00000006"]
+    assert tags(run, "checkpoints/abandoned/line_0001") == ["step_00000004", "step_00000006"]
     assert resolve_resume("auto", run / "checkpoints") == tag(run, 3)
 
 
@@ -130,16 +130,18 @@ def test_ranks_that_list_different_tags_all_resume_from_the_tag_rank_0_chose(tmp
 
 
 def launch_train(run: Path, model: Path) -> subprocess.CompletedProcess:
-    """`bash launch/train.sh` with 2 ranks on this test's virtualenv, resuming `run` with --resume auto."""
+    """`bash launch/train.sh` with 2 ranks on this test's virtualenv, resuming `run` with --resume auto. Its pre-check
+    is off (CHECK=0): it would find the same problem first (with the run's --resume); these tests are about the ranks."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES} | {
-        "NPROC": "2", "MPO_DIST_VENV": sys.prefix, "OMP_NUM_THREADS": "1"}
+        "NPROC": "2", "MPO_DIST_VENV": sys.prefix, "OMP_NUM_THREADS": "1", "CHECK": "0"}
     overrides = [part for setting in settings(model, run, resume="auto") for part in ("--set", setting)]
     return subprocess.run(["bash", str(REPO_ROOT / "launch/train.sh"), *overrides], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
 def snapshot(run: Path) -> dict[str, tuple[int, bytes]]:
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.iterdir() if p.is_file()}
+    """Every file of the run directory but its lock, which the refused run held while it looked (docs/checkpoints.md)."""
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.iterdir() if p.is_file() and p.name != ".lock"}
 
 
 def test_a_refused_resume_changes_nothing_and_the_launcher_exits_2_once(run: Path,

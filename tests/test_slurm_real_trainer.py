@@ -2,11 +2,13 @@
 a plain run that checkpoints; a USR1 preemption that checkpoints, requeues, resumes and ends with exactly the planned
 optimiser steps, every step once and no sample trained twice or skipped within an epoch; and a node lost mid-run, after
 which SLURM requeues the job (NODE_FAIL, the template's --requeue) and it resumes from the newest complete checkpoint
-with the same guarantees."""
+with the same guarantees; and a job started with an explicit --resume of an older tag, preempted and requeued, which
+continues its own line instead of starting again from that tag."""
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import sys
 from pathlib import Path
@@ -22,14 +24,15 @@ JOB_TIMEOUT_S = 420
 EXAMPLES_PER_EPOCH = 64  # English-only SimPO on sample:train: one example per record
 
 
-def submit(cluster: SlurmCluster, tmp_path: Path, model: Path, steps: int) -> tuple[int, Path]:
+def submit(cluster: SlurmCluster, tmp_path: Path, model: Path, steps: int, *trainer_args: str) -> tuple[int, Path]:
     run_dir = tmp_path / "run"
     overrides = [f"model.path={model}", f"train.max_steps={steps}", "train.micro_batch_size=2", "data.max_length=96",
                  "data.max_prompt_length=48", "data.eval_files=[]", "checkpoint.every_steps=5", "checkpoint.keep_last=2",
                  "logging.progress_bar=false"]
     env = {"CONFIG": "configs/demo_warmup.yaml", "RUN_DIR": str(run_dir), "PYTHON": sys.executable,
            "MPO_DIST_ARGS": " ".join(f"--set {o}" for o in overrides)}
-    job_id = cluster.submit("--nodes=2", f"--output={tmp_path}/slurm-%j.out", "slurm/train.sbatch", env=env)
+    job_id = cluster.submit("--nodes=2", f"--output={tmp_path}/slurm-%j.out", "slurm/train.sbatch", *trainer_args,
+                            env=env)
     return job_id, run_dir
 
 
@@ -102,3 +105,30 @@ def test_lost_node_requeues_and_resumes_from_the_newest_checkpoint(slurm_cluster
     assert [s["step"] for s in steps] == list(range(1, planned + 1)), logs(tmp_path)
     trained = [i for s in steps for i in s["ids"]]
     assert len(trained) == len(set(trained)) == EXAMPLES_PER_EPOCH  # nothing repeated, nothing skipped
+
+
+def test_a_requeue_after_an_explicit_resume_continues_its_own_line(slurm_cluster: SlurmCluster,
+                                                                   tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """Tags 5 and 10; then `sbatch slurm/train.sbatch --resume RUN/checkpoints/step_00000005`, USR1 after step 18. The
+    requeued job gets the same --resume again (SLURM replays the arguments); it must continue from the tag its first
+    start saved at the stop, not go back to step 5 (pruned by then) or set aside its own line's tags."""
+    job_id, run_dir = submit(slurm_cluster, tmp_path, tiny_models["llama"], steps=10)
+    assert slurm_cluster.wait_until_finished(job_id, JOB_TIMEOUT_S)["JobState"] == "COMPLETED", logs(tmp_path)
+    planned = 30
+    origin = run_dir / "checkpoints" / "step_00000005"
+    job_id, _ = submit(slurm_cluster, tmp_path, tiny_models["llama"], planned, "--resume", str(origin))
+    wait_for_steps(slurm_cluster, job_id, tmp_path, 18)
+    slurm_cluster.command("scancel", "--signal=USR1", "--batch", str(job_id))
+    job = slurm_cluster.wait_until_finished(job_id, JOB_TIMEOUT_S)
+    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", logs(tmp_path)
+
+    def node_logs(restart: int) -> str:
+        return "".join(p.read_text() for p in (run_dir / "logs" / str(job_id) / f"restart-{restart}").glob("node-*.log"))
+
+    assert f"resumed from {origin} at step 5" in node_logs(0), logs(tmp_path)
+    resumed = re.findall(rf"resumed from {re.escape(str(run_dir / 'checkpoints'))}/step_(\d+) at step (\d+)", node_logs(1))
+    assert len(resumed) == 1 and int(resumed[0][1]) >= 18, logs(tmp_path)  # the stop's save, not step 5
+    steps = read_jsonl(run_dir / "samples.jsonl")
+    assert [s["step"] for s in steps] == list(range(1, planned + 1)), logs(tmp_path)  # no step twice after the requeue
+    abandoned = run_dir / "checkpoints" / "abandoned"
+    assert {p.relative_to(abandoned).as_posix() for p in abandoned.glob("*/step_*")} == {"line_0001/step_00000010"}

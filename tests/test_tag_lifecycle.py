@@ -1,10 +1,10 @@
 """The tag lifecycle's rule, on step numbers worked out by hand: the newest intact tag of the current line of
 training is never deleted, a resume from an older tag sets the newer ones aside, and reads at resume are shared by
-bytes (mpo_dist/train/tag_lifecycle.py, engine/checkpoint_layout.shares_by_bytes)."""
+bytes (mpo_dist/engine/tag_lifecycle.py, engine/checkpoint_layout.shares_by_bytes)."""
 from __future__ import annotations
 
 from mpo_dist.engine.checkpoint_layout import shares_by_bytes
-from mpo_dist.train.tag_lifecycle import abandoned_by_resume, pruned_after_save
+from mpo_dist.engine.tag_lifecycle import abandoned_by_resume, pruned_after_save, set_aside_entries_deleted
 
 
 def test_a_fallback_past_a_damaged_tag_abandons_it_and_keep_last_1_keeps_the_new_save() -> None:
@@ -33,3 +33,11 @@ def test_reads_are_shared_by_recorded_bytes() -> None:
     assert shares_by_bytes(sizes, 2) == [["a_optim.pt"], ["b_optim.pt", "c_model.pt", "d_rng.pt", "e_rng.pt"]]
     assert shares_by_bytes(sizes, 1) == [sorted(sizes)]
     assert shares_by_bytes({"x": 5}, 3) == [["x"], [], []]
+
+
+def test_the_set_aside_budget_deletes_the_oldest_lines_but_never_the_current_origin() -> None:
+    assert set_aside_entries_deleted(3, keep=1, protected=set()) == [0, 1]
+    assert set_aside_entries_deleted(3, keep=1, protected={0}) == [1, 2]  # the line the run resumed from stays
+    assert set_aside_entries_deleted(2, keep=2, protected=set()) == []
+    assert set_aside_entries_deleted(2, keep=0, protected=set()) == [0, 1]
+    assert set_aside_entries_deleted(2, keep=0, protected={1}) == [0]

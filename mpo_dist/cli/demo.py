@@ -62,9 +62,11 @@ def run_demo(args: argparse.Namespace) -> int:
     if not (base / "config.json").is_file():
         init_tiny(base, "llama", seed=0, hidden_size=args.hidden_size, layers=args.layers)
     torchrun(args.nproc, REPO_ROOT / "configs/demo_warmup.yaml",
-             [f"model.path={base}", f"train.output_dir={warmup}", "checkpoint.resume=none"])
+             [f"model.path={base}", f"train.output_dir={warmup}", "checkpoint.resume=none",
+              "checkpoint.on_existing=delete"])  # each demo starts over
     torchrun(args.nproc, REPO_ROOT / "configs/demo_mpo.yaml",
-             [f"model.path={warmup / 'hf'}", f"train.output_dir={mpo}", "checkpoint.resume=none"])
+             [f"model.path={warmup / 'hf'}", f"train.output_dir={mpo}", "checkpoint.resume=none",
+              "checkpoint.on_existing=delete"])
     history = load_run_history(mpo)
     dominant, beta = mpo_settings(mpo)
     table, all_moved = gap_table(history[0]["reward_gap"], history[-1]["reward_gap"], dominant, beta)

@@ -82,6 +82,11 @@ class ResumableDistributedSampler:
         self.epoch = state["epoch"]
         self.consumed = state["consumed"]
 
+    def restart_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its first sample: a resume whose examples changed (data.allow_changed), where the saved
+        position would index other examples."""
+        self.epoch, self.consumed = epoch, 0
+
 
 def batches_per_rank(num_items: int, *, world_size: int, batch_size: int) -> int:
     """How many batches `rank_batches` yields on every rank."""

@@ -27,14 +27,17 @@ from mpo_dist.engine.engines import broadcast_from_rank0, gather_objects, rank_a
 log = logging.getLogger("mpo_dist")
 
 
-def verified_problems(tag_dir: Path, readers: int = 1) -> tuple[list[str], Marker | None]:
+def verified_problems(tag_dir: Path, readers: int = 1, checksums: bool = True) -> tuple[list[str], Marker | None]:
     """Collective: the problems of `tag_dir` and its marker (None if it has no readable one). Rank 0 reads the marker
     and hands it to every rank, so all check against one record; each rank checksums its share of the recorded bytes
-    with `readers` threads; every rank gets every problem."""
+    with `readers` threads; every rank gets every problem. `checksums=False` stops at the marker (`check
+    --skip-tag-checksums` on a login node, when the run's ranks will read the tag anyway)."""
     rank, world_size = rank_and_world()
     marker = broadcast_from_rank0(marker_or_problem(tag_dir) if rank == 0 else None)
     if isinstance(marker, str):
         return [marker], None
+    if not checksums:
+        return [], marker
     checks = gather_objects(verify(tag_dir, rank=rank, world_size=world_size, readers=readers, marker=marker))
     return list(dict.fromkeys(p for check in checks for p in check.problems)), marker
 
@@ -45,22 +48,25 @@ def resume_candidates(root: Path) -> list[Path]:
     return [d for d in reversed(tag_dirs(root)) if is_complete(d)]
 
 
-def resolve_resume(resume: str, root: Path, *, world_size: int | None = None, readers: int = 1) -> Path | None:
-    """`none` -> None; `auto` -> the newest intact checkpoint under root (None if there is no complete one; damaged ones
-    are skipped with a warning, an error if all are damaged); else an explicit tag dir, which must be intact. A sharded
-    tag must have been written by `world_size` ranks (None: not checked). Collective when a process group exists: rank
-    0 lists the directory and decides, every rank verifies the same tag and gets the same answer."""
+def resolve_resume(resume: str, root: Path, *, world_size: int | None = None, readers: int = 1,
+                   line_origin: Path | None = None, checksums: bool = True) -> Path | None:
+    """`none` -> None; `auto` -> the newest intact checkpoint under root, else `line_origin` (the tag outside root the
+    current line started from: engine/run_directory.py), else None; damaged ones are skipped with a warning, an error
+    if all are damaged; else an explicit tag dir of any name, which must be intact. A sharded tag must have been
+    written by `world_size` ranks (None: not checked). Collective when a process group exists: rank 0 lists the
+    directory and decides, every rank verifies the same tag and gets the same answer."""
     if resume == "none":
         return None
     if resume == "auto":
-        names = broadcast_from_rank0([d.name for d in resume_candidates(root)] if rank_and_world()[0] == 0 else None)
-        tag_dir, marker = _newest_intact(root, names, readers)
+        candidates = resume_candidates(root) + ([line_origin] if line_origin is not None else [])
+        paths = broadcast_from_rank0([str(d) for d in candidates] if rank_and_world()[0] == 0 else None)
+        tag_dir, marker = _newest_intact(root, [Path(p) for p in paths], readers, checksums)
     else:
         tag_dir = Path(resume)
         refusal = broadcast_from_rank0(_explicit_tag_problem(tag_dir) if rank_and_world()[0] == 0 else None)
         if refusal:
             raise CheckpointError(refusal)
-        problems, marker = verified_problems(tag_dir, readers)
+        problems, marker = verified_problems(tag_dir, readers, checksums)
         if problems:
             raise CheckpointError(f"checkpoint.resume: {tag_dir} is damaged: {describe(problems)}; resume from an "
                                   "earlier tag, or with --resume auto, which skips damaged tags")
@@ -76,15 +82,15 @@ def resolve_resume(resume: str, root: Path, *, world_size: int | None = None, re
     return tag_dir
 
 
-def _newest_intact(root: Path, names: list[str], readers: int) -> tuple[Path | None, Marker | None]:
+def _newest_intact(root: Path, candidates: list[Path], readers: int,
+                   checksums: bool) -> tuple[Path | None, Marker | None]:
     damaged = []
-    for name in names:
-        tag_dir = root / name
-        problems, marker = verified_problems(tag_dir, readers)
+    for tag_dir in candidates:
+        problems, marker = verified_problems(tag_dir, readers, checksums)
         if not problems:
             return tag_dir, marker
         log.warning("skipping damaged checkpoint %s: %s", tag_dir, describe(problems))
-        damaged.append(f"{name}: {describe(problems)}")
+        damaged.append(f"{tag_dir.name if tag_dir.parent == root else tag_dir}: {describe(problems)}")
     if damaged:
         raise CheckpointError(f"checkpoint.resume=auto: no intact checkpoint in {root}; found {'; '.join(damaged)}. "
                               "Restore the files from a copy, or move the damaged tags away and start from scratch "

@@ -4,12 +4,14 @@ A save: every rank writes its files, then checksums and fsyncs each (while it is
 gathers the records and writes them into the COMPLETE marker, last, atomically and durably; then it replaces `latest`
 the same way and prunes old tags. A crash at any point leaves the previous complete checkpoint as the one `--resume
 auto` picks; a save that fails for lack of space (or any other storage error) is discarded on every rank and stops the
-run with one CheckpointError. Which tag a run resumes from is decided in engine/checkpoint_resume.py; once it has
-loaded, `start_line` makes the tags on disk that run's line (train/tag_lifecycle.py). See docs/checkpoints.md.
+run with one CheckpointError. Which tag a run resumes from is decided in engine/checkpoint_resume.py; the tags of the
+run directory outside a save (its line, set-aside lines, half-written tags) are engine/run_directory.py's. See
+docs/checkpoints.md.
 """
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -19,7 +21,6 @@ import torch
 
 from mpo_dist.atomic_write import atomic_write_text, fsync_directory
 from mpo_dist.engine.checkpoint_layout import (
-    COMPLETE_MARKER,
     LATEST_FILE,
     CheckpointError,
     FileRecord,
@@ -33,20 +34,29 @@ from mpo_dist.engine.checkpoint_layout import (
     write_marker,
 )
 from mpo_dist.engine.engines import PolicyEngine, barrier, gather_objects
-from mpo_dist.train.tag_lifecycle import abandoned_by_resume, pruned_after_save
+from mpo_dist.engine.run_directory import delete_tree, gib
+from mpo_dist.engine.tag_lifecycle import pruned_after_save
 
 log = logging.getLogger("mpo_dist")
-ABANDONED_DIR = "abandoned"  # checkpoints/abandoned/: tags of a line of training a resume left behind
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """Every RNG state as tensors, lists and numbers only, so it loads with torch.load(weights_only=True): a checkpoint
+    file of ours never runs code when it is read (DeepSpeed's own shards are pickles: docs/checkpoints.md)."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def restore_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -63,10 +73,6 @@ def _storage_failure(error: Exception) -> str:
     if isinstance(error, OSError) or any(fragment in text for fragment in TORCH_WRITE_FAILURES):
         return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     raise error
-
-
-def _gib(size: int) -> str:
-    return f"{size / 2**30:.3g} GiB"
 
 
 class CheckpointManager:
@@ -123,9 +129,9 @@ class CheckpointManager:
         barrier()
         latest = self.root / LATEST_FILE
         previous = self.root / latest.read_text().strip() if latest.is_file() else None
-        space = f"{_gib(shutil.disk_usage(self.root).free)} free there now"
+        space = f"{gib(shutil.disk_usage(self.root).free)} free there now"
         if previous is not None:
-            space += f", the previous checkpoint takes {_gib(sum(p.stat().st_size for p in previous.rglob('*') if p.is_file()))}"
+            space += f", the previous checkpoint takes {gib(sum(p.stat().st_size for p in previous.rglob('*') if p.is_file()))}"
         by_reason: dict[str, list[str]] = {}
         for rank, reason in sorted(failures.items()):
             by_reason.setdefault(reason, []).append(str(rank))
@@ -139,53 +145,16 @@ class CheckpointManager:
         client_state = engine.load(tag_dir.parent, tag_dir.name)
         rng_file = tag_dir / f"rng_rank{self.rank}.pt"
         if rng_file.is_file():  # absent when resuming at a larger world size: that rank starts from the seeded state
-            restore_rng_state(torch.load(rng_file, weights_only=False))
+            try:
+                state = torch.load(rng_file, weights_only=True)
+            except pickle.UnpicklingError:  # numpy arrays inside: written before 2026-12-07, or not by mpo-dist
+                log.warning("%s holds more than tensors and numbers, so it is not unpickled (that could run code): "
+                            "this rank continues from the seeded RNG state", rng_file)
+                return client_state
+            restore_rng_state(state)
         return client_state
 
     def _prune(self, saved_step: int) -> None:
         complete = {step_of(d.name): d for d in tag_dirs(self.root) if is_complete(d)}
         for step in pruned_after_save(list(complete), saved_step, self.keep_last):
-            shutil.rmtree(complete[step], ignore_errors=True)
-
-    def start_line(self, resume_dir: Path | None) -> None:
-        """Collective, once the resume is validated and loaded: make the tags on disk the current line of training.
-        Half-written tags (no marker) are removed; tags newer than the one resumed from (or every tag, on a fresh start)
-        belong to an abandoned line and are set aside under checkpoints/abandoned/; `latest` names the newest tag left."""
-        if self.rank == 0 and self.root.is_dir():
-            self._remove_incomplete()
-            resumed_step = step_of(resume_dir.name) if resume_dir is not None else 0
-            tags = tag_dirs(self.root)
-            newer = set(abandoned_by_resume([step_of(d.name) for d in tags], resumed_step))
-            self._set_aside([d for d in tags if step_of(d.name) in newer], resumed_step)
-            current = tag_dirs(self.root)  # all complete now: the newest is the tag resumed from, if it lives here
-            latest = self.root / LATEST_FILE
-            if current:
-                atomic_write_text(latest, current[-1].name)
-            else:
-                latest.unlink(missing_ok=True)
-        barrier()
-
-    def _remove_incomplete(self) -> None:
-        incomplete = [d for d in tag_dirs(self.root) if not is_complete(d)]
-        if incomplete:
-            size = sum(p.stat().st_size for d in incomplete for p in d.rglob("*") if p.is_file())
-            for tag_dir in incomplete:
-                shutil.rmtree(tag_dir, ignore_errors=True)
-            log.warning("removed %d half-written checkpoint tag(s) (%s, no %s marker), freeing %s", len(incomplete),
-                        ", ".join(d.name for d in incomplete), COMPLETE_MARKER, _gib(size))
-
-    def _set_aside(self, tags: list[Path], resumed_step: int) -> None:
-        if not tags:
-            return
-        abandoned = self.root / ABANDONED_DIR
-        abandoned.mkdir(exist_ok=True)
-        for tag_dir in tags:
-            target, copy = abandoned / tag_dir.name, 1
-            while target.exists():  # an earlier abandoned line had the same step
-                target, copy = abandoned / f"{tag_dir.name}.{copy}", copy + 1
-            tag_dir.rename(target)
-        fsync_directory(abandoned)
-        fsync_directory(self.root)
-        log.warning("set aside %d checkpoint tag(s) newer than the one this run continues from (step %d): %s, under "
-                    "%s; neither --resume auto nor pruning will use them (move one back to resume that line)",
-                    len(tags), resumed_step, ", ".join(d.name for d in tags), abandoned)
+            delete_tree(complete[step])

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-log = logging.getLogger("mpo_dist")
+from mpo_dist.run_files import METRICS_FILE
 
-METRICS_FILE = "metrics.jsonl"  # every logged scalar, one JSON line per step and prefix (rank 0)
+log = logging.getLogger("mpo_dist")
 
 
 def setup_console_logging(rank: int) -> None:

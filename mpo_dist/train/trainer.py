@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from mpo_dist.check.preflight import launch_context, preflight
+from mpo_dist.check.preflight import RunInputs, launch_context, preflight
 from mpo_dist.config import Config, needs_reference, to_dict
 from mpo_dist.data.collate import Batch, PreferenceCollator
 from mpo_dist.data.sampler import ResumableDistributedSampler
@@ -27,32 +27,34 @@ from mpo_dist.engine.engines import (
     ReferenceEngine,
     all_ranks_agree,
     barrier,
+    broadcast_from_rank0,
     build_alignment_model,
+    decided_by_rank0,
     init_distributed,
 )
 from mpo_dist.engine.checkpoint_resume import resolve_resume
 from mpo_dist.engine.hf_export import export_live_policy
 from mpo_dist.engine.reference_cache import ReferenceCache
-from mpo_dist.engine.universal import is_universal
+from mpo_dist.engine.checkpoint_layout import is_universal
+from mpo_dist.engine.run_directory import RunDirectory, slurm_job
+from mpo_dist.engine.run_lock import RunLock
 from mpo_dist.eval.reward_gaps import reward_gaps
 from mpo_dist.losses import build_loss
 from mpo_dist.losses.base import LossOutput
 from mpo_dist.losses.mlc import mlc_applies
 from mpo_dist.atomic_write import atomic_write_text
-from mpo_dist.run_files import CONFIG_FILE, EVAL_FILE, EVAL_TENSORBOARD_PREFIX
+from mpo_dist.run_files import COMPLETED_FILE, CONFIG_FILE, EVAL_FILE, EVAL_TENSORBOARD_PREFIX, SAMPLES_FILE
 from mpo_dist.runtime import seed_everything, torch_dtype
 from mpo_dist.train.build import model_options, reference_engine
 from mpo_dist.train.checkpoint import CheckpointManager
-from mpo_dist.train.logger import METRICS_FILE, RunLogger, peak_memory, setup_console_logging
+from mpo_dist.train.data_identity import ChangedDataError, changed_data, data_identity
+from mpo_dist.train.logger import RunLogger, peak_memory, setup_console_logging
 from mpo_dist.train.schedule import warmup_cosine
-from mpo_dist.train.preemption import COMPLETED_FILE, EXIT_REQUEUE, STOP_FILE, StopRequest, completed_marker
+from mpo_dist.train.preemption import EXIT_REQUEUE, STOP_FILE, StopRequest
 from mpo_dist.versions import VERSIONS_FILE, installed_versions, run_versions
 from mpo_dist.train.step import ReferencePlan, head_live_fraction, preference_inputs, reference_terms, total_loss
 
 log = logging.getLogger("mpo_dist")
-
-SAMPLES_FILE = "samples.jsonl"
-
 
 @dataclass
 class TrainResult:
@@ -65,8 +67,9 @@ class TrainResult:
 class Trainer:
     def __init__(self, config: Config):
         """Checks first (those of `mpo-dist check`, on every rank): a run that would fail raises a one-line UserError
-        before the process group or DeepSpeed starts. The resume checkpoint is verified right after the process group
-        starts (the ranks share reading it). The output directory is created only after both."""
+        before the process group or DeepSpeed starts. Then rank 0 takes the run directory's lock (creating the
+        directory) and the resume checkpoint is verified (the ranks share reading it); nothing else in the directory
+        changes before the resume has loaded (`train`). The lock is released when the constructor fails."""
         self.config = config
         launch = launch_context()
         inputs = preflight(config, world_size=launch.world_size, on_gpu=launch.on_gpu, device=launch.device)
@@ -81,9 +84,23 @@ class Trainer:
         seed_everything(config.train.seed)
         self.output_dir = config.output_dir
         self.config_text = json.dumps(to_dict(config), indent=2)  # what config.json holds and COMPLETED is bound to
-        self.resume_dir = resolve_resume(config.checkpoint.resume, config.checkpoints_dir, world_size=self.ctx.world_size)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = RunDirectory(self.output_dir, keep_abandoned=config.checkpoint.keep_abandoned)
+        self.run_lock = RunLock(self.output_dir)
+        resume = decided_by_rank0(self._own_run_directory)
+        try:
+            self._prepare(inputs, resume)
+        except BaseException:
+            self.run_lock.release()
+            raise
 
+    # ---- construction -------------------------------------------------------------------------------------------
+    def _prepare(self, inputs: RunInputs, resume: str) -> None:
+        """Everything after the lock: the resume tag (rank 0 decides whether it is universal), loss, data, engines."""
+        config = self.config
+        self.resume_dir = resolve_resume(resume, config.checkpoints_dir, world_size=self.ctx.world_size,
+                                         line_origin=broadcast_from_rank0(self.run_dir.line_fallback()))
+        self.resume_universal = bool(broadcast_from_rank0(self.resume_dir is not None and is_universal(self.resume_dir)))
+        self.data_identity = data_identity(config, inputs.train_examples)
         self.loss = build_loss(config.loss.name, config.loss.options())
         self.tokenizer = inputs.model.tokenizer
         self.train_examples, self.eval_examples = inputs.train_examples, inputs.eval_examples
@@ -101,7 +118,6 @@ class Trainer:
                  len(inputs.token_counts.kept), len(self.eval_examples), self.total_steps, self.ctx.world_size,
                  self.dtype_name, config.loss.name, " + mlc" if config.mlc.enabled else "")
 
-    # ---- construction -------------------------------------------------------------------------------------------
     def _build_engines(self, hidden_size: int, cache: ReferenceCache | None
                        ) -> tuple[PolicyEngine, ReferenceEngine | ReferenceCache | None]:
         """The policy, and the reference: the cache the checks opened, a ZeRO-3 engine, or none for reference-free losses."""
@@ -119,7 +135,7 @@ class Trainer:
         config = self.config
         ds_config = render_policy_config(config, world_size=self.ctx.world_size, dtype=self.dtype_name,
                                          hidden_size=hidden_size, on_gpu=self.ctx.on_gpu)
-        if self.resume_dir is not None and is_universal(self.resume_dir):  # written at another world size
+        if self.resume_universal:  # written at another world size
             ds_config = with_universal_loading(ds_config)
         model = build_alignment_model(
             config.model.path, ds_config, torch_dtype(self.dtype_name), gradient_checkpointing=config.model.gradient_checkpointing,
@@ -196,18 +212,26 @@ class Trainer:
             with open(self.output_dir / SAMPLES_FILE, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": step, "ids": [i for ids in gathered for i in ids]}) + "\n")
 
-    def _truncate_logs_after(self, step: int) -> None:
-        """Steps after the resumed checkpoint will run again; drop their earlier log lines so each step appears once."""
-        if not self.ctx.is_main:
-            return
-        for name in (SAMPLES_FILE, EVAL_FILE, METRICS_FILE):
-            path = self.output_dir / name
-            if path.is_file():
-                kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-                atomic_write_text(path, "".join(line + "\n" for line in kept))
+    def _own_run_directory(self) -> str:
+        """Rank 0: take the run directory's lock (another live job: one line, every rank exits); decide what the
+        resume request means for this run's line (a requeue continues it); refuse a fresh start that would bury
+        earlier tags; all before anything in the directory changes. Returns the resume value to resolve."""
+        checkpoint = self.config.checkpoint
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.run_lock.acquire()
+        try:
+            job, restart_count = slurm_job()
+            resume = self.run_dir.resume_request(checkpoint.resume, job=job, restart_count=restart_count,
+                                                 new_line=checkpoint.new_line)
+            self.run_dir.refuse_fresh_start_over_tags(resume, checkpoint.on_existing)
+            return resume
+        except BaseException:
+            self.run_lock.release()
+            raise
 
     def save(self, step: int) -> None:
-        client_state = {"step": step, "sampler": self.sampler.state_dict(), "config": to_dict(self.config)}
+        client_state = {"step": step, "sampler": self.sampler.state_dict(), "config": to_dict(self.config),
+                        "data": self.data_identity}
         tag_dir = self.checkpoints.save(self.policy, step, client_state)
         log.info("saved checkpoint %s", tag_dir)
 
@@ -216,17 +240,36 @@ class Trainer:
         if tag_dir is None:
             return 0
         state = self.checkpoints.load(self.policy, tag_dir)
-        self.sampler.load_state_dict(state["sampler"])
-        self._truncate_logs_after(state["step"])
+        changed = changed_data(state.get("data"), self.data_identity)
+        if changed and not self.config.data.allow_changed:
+            raise ChangedDataError(f"checkpoint.resume: {tag_dir}: {changed}; resume with the same data, or with "
+                                   "--set data.allow_changed=true to continue with these examples (the sampler then "
+                                   "restarts its epoch)")
+        if changed:
+            self.sampler.restart_epoch(state["sampler"]["epoch"])
+            log.warning("%s: data.allow_changed=true, so the sampler restarts epoch %d from its first sample",
+                        changed, self.sampler.epoch)
+        else:
+            self.sampler.load_state_dict(state["sampler"])
         log.info("resumed from %s at step %d", tag_dir, state["step"])
         return int(state["step"])
 
     # ---- the loop -----------------------------------------------------------------------------------------------
     def train(self) -> TrainResult:
+        """Run to the end or to a stop request; the run directory's lock is released whatever happens."""
+        try:
+            return self._train()
+        finally:
+            if self.ctx.is_main:
+                self.run_lock.release()
+
+    def _train(self) -> TrainResult:
         config = self.config
         start_step = self._resume()  # nothing in the output directory changes before the resume has loaded
-        self.checkpoints.start_line(self.resume_dir)
         if self.ctx.is_main:
+            self.run_dir.start_line(self.resume_dir, on_existing=config.checkpoint.on_existing,
+                                    job=slurm_job()[0])
+            self.run_dir.truncate_logs_after(start_step if self.resume_dir is not None else -1)
             (self.output_dir / STOP_FILE).unlink(missing_ok=True)
             (self.output_dir / COMPLETED_FILE).unlink(missing_ok=True)
             atomic_write_text(self.output_dir / CONFIG_FILE, self.config_text)
@@ -276,7 +319,7 @@ class Trainer:
                 export_live_policy(self.policy, Path(config.model.path), self.output_dir / "hf", self.tokenizer,
                                    torch_dtype(self.dtype_name), self.ctx.rank)
             if self.ctx.is_main:
-                atomic_write_text(self.output_dir / COMPLETED_FILE, completed_marker(self.total_steps, self.config_text))
+                self.run_dir.write_completed(self.total_steps, self.config_text)
             barrier()
             return result
         finally:
