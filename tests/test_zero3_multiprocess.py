@@ -73,6 +73,25 @@ def test_exact_resume_same_losses_and_samples(tiny_models: dict[str, Path], tmp_
     full_ids, resumed_ids = per_step(full_dir, "samples.jsonl", "ids"), per_step(resumed_dir, "samples.jsonl", "ids")
     assert [resumed_ids[s] for s in (4, 5, 6)] == [full_ids[s] for s in (4, 5, 6)]
     assert len({i for s in full_ids.values() for i in s}) == 6 * 4  # no sample repeated within the epoch
+    check_job_tokens(base + [f"train.output_dir={full_dir}"], full_dir)
+
+
+def check_job_tokens(overrides: list[str], run: Path) -> None:
+    """train/tokens is the job's: the real tokens of both ranks' micro-batches of the step (each rank's 2 examples,
+    rank-ordered in samples.jsonl, collated on their own), and train/tokens_per_s is that over the step's seconds."""
+    from mpo_dist.check.preflight import preflight
+    from mpo_dist.config import load_config
+    from mpo_dist.data.collate import PreferenceCollator
+
+    inputs = preflight(load_config(None, overrides), world_size=2, on_gpu=False)
+    by_id = {example.example_id: example for example in inputs.train_examples}
+    collate = PreferenceCollator(inputs.model.tokenizer.pad_token_id)
+    metrics = {row["step"]: row for row in read_jsonl(run / "metrics.jsonl") if "train/tokens" in row}
+    for row in read_jsonl(run / "samples.jsonl"):
+        per_rank = [collate([by_id[i] for i in row["ids"][2 * r: 2 * r + 2]]).num_tokens for r in range(2)]
+        logged = metrics[row["step"]]
+        assert logged["train/tokens"] == sum(per_rank) and min(per_rank) > 0, (row, per_rank)
+        assert logged["train/tokens_per_s"] == pytest.approx(logged["train/tokens"] / logged["train/step_seconds"])
 
 
 def test_fused_head_under_zero3_matches_plain_model(tiny_models: dict[str, Path], tmp_path: Path) -> None:

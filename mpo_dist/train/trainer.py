@@ -164,7 +164,8 @@ class Trainer:
         return LossOutput(out.loss, out.metrics | {"head/live_fraction": head_live_fraction(batch)})
 
     def optimizer_step(self, step: int) -> tuple[float, dict[str, float], list[str], int]:
-        """Run the accumulation micro-steps of optimiser step `step`; return mean loss, metrics, example ids, tokens."""
+        """Run the accumulation micro-steps of optimiser step `step`; return this rank's mean loss, the metrics (means
+        over ranks), this rank's example ids, and the tokens every rank trained on in the step (the job's)."""
         mlc = self.config.mlc
         mlc_weight = mlc.weight if mlc.enabled and mlc_applies(step, mlc.every) else 0.0
         accumulation = self.config.train.gradient_accumulation
@@ -179,15 +180,18 @@ class Trainer:
                 value = torch.as_tensor(value, dtype=torch.float64, device=self.ctx.device) / accumulation
                 totals[name] = totals[name] + value if name in totals else value
             example_ids += batch.example_ids
-        return float(totals["loss"]), self._mean_over_ranks(totals), example_ids, tokens
+        metrics, job_tokens = self._reduce_over_ranks(totals, tokens)
+        return float(totals["loss"]), metrics, example_ids, job_tokens
 
-    def _mean_over_ranks(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+    def _reduce_over_ranks(self, values: dict[str, torch.Tensor], tokens: int) -> tuple[dict[str, float], int]:
+        """Means of the metrics over ranks and the sum of their tokens, in one all-reduce."""
         names = sorted(values)
-        packed = torch.stack([values[n] for n in names])
+        packed = torch.stack([values[n] for n in names] + [torch.tensor(float(tokens), dtype=torch.float64,
+                                                                         device=self.ctx.device)])
         if dist.is_initialized():
             dist.all_reduce(packed)
-            packed /= self.ctx.world_size
-        return dict(zip(names, packed.tolist()))
+        reduced = packed.tolist()
+        return {name: value / self.ctx.world_size for name, value in zip(names, reduced)}, round(reduced[-1])
 
     # ---- evaluation, logging, checkpoints ----------------------------------------------------------------------
     def evaluate(self, step: int, logger: RunLogger) -> dict:
@@ -293,6 +297,7 @@ class Trainer:
                 self._log_samples(done, example_ids)
                 if done % config.train.log_every == 0 or done == self.total_steps:
                     logger.scalars(done, metrics | {"lr": lr, "grad_norm": self.policy.grad_norm,
+                                                    "tokens": tokens, "step_seconds": seconds,
                                                     "tokens_per_s": tokens / seconds, **peak_memory(self.ctx.device)},
                                    prefix="train/")
                 logger.advance(metrics["loss"])
