@@ -1,5 +1,5 @@
 """What the checkpoint integrity record costs: write a shard-sized file, then time the checksum a save computes over it
-(mpo_dist.engine.checkpoint_layout.file_checksum, CRC-32 in 16 MiB blocks) beside other hashes the standard library
+(mpo_dist.artefact.file_crc32, CRC-32 in 16 MiB blocks) beside other hashes the standard library
 offers, and the plain read that any verification needs. Prints a table; numbers go to docs/checkpoints.md.
 
     python benchmarks/checkpoint_checksum.py --gib 4 --dir /tmp
@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from mpo_dist.engine.checkpoint_layout import READ_BLOCK, file_checksum
+from mpo_dist.artefact import READ_BLOCK, file_crc32
 
 
 def read_blocks(path: Path):
@@ -71,7 +71,7 @@ def main() -> None:
     write_s = time.perf_counter() - started
     passes: dict[str, Callable[[Path], object]] = {
         "read only": read_only,
-        "crc32 (used)": file_checksum,
+        "crc32 (used)": file_crc32,
         "adler32": adler32,
         "blake2b": hashed("blake2b"),
         "sha256": hashed("sha256"),

@@ -18,8 +18,8 @@ import shutil
 import time
 from pathlib import Path
 
-from mpo_dist.engine.checkpoint_layout import (READ_BLOCK, FileRecord, file_checksum, record_files, tag_files, verify,
-                                               write_marker)
+from mpo_dist.artefact import READ_BLOCK, FileRecord, file_crc32
+from mpo_dist.engine.checkpoint_layout import record_files, tag_files, verify, write_marker
 
 
 def write_tag(tag_dir: Path, files: int, size: int) -> None:
@@ -54,7 +54,7 @@ def main() -> None:
         write_marker(tag_dir, 1, record_files(tag_dir, tag_files(tag_dir)))
 
     def plain_pass() -> None:
-        {name: FileRecord((tag_dir / name).stat().st_size, file_checksum(tag_dir / name)) for name in tag_files(tag_dir)}
+        {name: FileRecord((tag_dir / name).stat().st_size, file_crc32(tag_dir / name)) for name in tag_files(tag_dir)}
 
     results: dict[str, list[float]] = {"checksum only": [], "checksum + fsync + durable marker": []}
     try:

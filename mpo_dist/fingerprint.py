@@ -1,57 +1,84 @@
-"""Readable fingerprints of the files a stored result depends on (model weights, tokenizer, data), so a stale result
-is refused or recomputed with what differs named, not silently reused: the reference cache (docs/scaling.md) and the
-stored scores of `mpo-dist eval` (docs/evaluation.md)."""
+"""Readable fingerprints of everything a stored result depends on (model files, tokenizer, data, the software and the
+code that computed it), so a stale result is refused or recomputed with every difference named, not silently reused:
+the reference cache (docs/scaling.md) and the stored scores of `mpo-dist eval` (docs/evaluation.md, "Fingerprints").
+
+Every file is known by the SHA-256 of all its bytes (mpo_dist/file_digest.py remembers those of large files, so a
+second run over an unchanged 140 GB checkpoint reads nothing). Code is known by its syntax tree without docstrings,
+so an edited comment or docstring keeps the fingerprint and any change to what the code does changes it.
+"""
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+import os
+import platform
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mpo_dist.file_digest import DIGEST_HEX, file_digest
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
 TOKENIZER_PREFIXES = ("tokenizer", "special_tokens", "added_tokens", "vocab", "merges", "chat_template")
-SAMPLED_BYTES = 1 << 20  # weight files: size + first and last MiB (a 70B checkpoint is too large to hash at job start)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()[:32]
-
-
-def sampled_digest(path: Path) -> str:
-    """Size plus a hash of the first and last MiB: a safetensors header (names, shapes, offsets) and real weight bytes,
-    cheap even for 140 GB of shards, and unchanged by copying the model to another file system."""
-    size = path.stat().st_size
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        digest.update(handle.read(SAMPLED_BYTES))
-        if size > SAMPLED_BYTES:
-            handle.seek(max(size - SAMPLED_BYTES, SAMPLED_BYTES))
-            digest.update(handle.read())
-    return f"{size}:{digest.hexdigest()[:32]}"
+MODEL_FILES = ("config.json", "generation_config.json")  # generation_config.json: eos_token_id decides where generation stops
+VERSIONED = ("mpo-dist", "torch", "transformers")
+PACKAGE_ROOT = Path(__file__).resolve().parent
+# Source files (under mpo_dist/) from a text to the log-probs of its response tokens: tokenisation, the fused head and
+# both its kernels, the per-sequence sums. The stored scores and the reference cache add their own code to these.
+LOGPROB_CODE = ("data/tokenize.py", "models/head.py", "kernels/__init__.py", "kernels/logprob_torch.py",
+                "kernels/logprob_triton.py", "kernels/segment.py", "losses/base.py")
 
 
 def data_digest(path: Path) -> str:
-    """A data file's hash; a `datasets` saved directory hashes every file, in a stable order."""
+    """A data file's content digest; a `datasets` saved directory hashes every file, in a stable order."""
     if path.is_dir():
         digest = hashlib.sha256()
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(f"{file.relative_to(path)}\0{sha256_file(file)}\0".encode())
-        return digest.hexdigest()[:32]
-    return sha256_file(path)
+            digest.update(f"{file.relative_to(path)}\0{file_digest(file)}\0".encode())
+        return digest.hexdigest()[:DIGEST_HEX]
+    return file_digest(path)
 
 
 def model_fingerprint(model_dir: Path, tokenizer_dir: Path | None = None) -> dict[str, dict[str, str]]:
-    """{"model": config.json hash and each weight file's sampled digest, "tokenizer": each tokenizer file's hash}."""
+    """{"model": the digest of config.json, generation_config.json (where present) and each weight file, "tokenizer":
+    each tokenizer file's digest}. Files are hashed in parallel threads: a first run over a sharded checkpoint reads
+    its shards at the speed of the disk, not of one core."""
     tokenizer_dir = tokenizer_dir or model_dir
-    model = {"config.json": sha256_file(model_dir / "config.json")}
-    model |= {p.name: sampled_digest(p) for p in sorted(model_dir.iterdir()) if p.name.endswith(WEIGHT_SUFFIXES)}
-    tokenizer = {p.name: sha256_file(p) for p in sorted(tokenizer_dir.iterdir())
-                 if p.is_file() and p.name.startswith(TOKENIZER_PREFIXES)}
-    return {"model": model, "tokenizer": tokenizer}
+    model_files = [p for p in sorted(model_dir.iterdir())
+                   if p.is_file() and (p.name in MODEL_FILES or p.name.endswith(WEIGHT_SUFFIXES))]
+    tokenizer_files = [p for p in sorted(tokenizer_dir.iterdir()) if p.is_file() and p.name.startswith(TOKENIZER_PREFIXES)]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(model_files), os.cpu_count() or 1))) as pool:
+        model = dict(zip((p.name for p in model_files), pool.map(file_digest, model_files)))
+    return {"model": model, "tokenizer": {p.name: file_digest(p) for p in tokenizer_files}}
+
+
+def code_digest(path: Path) -> str:
+    """The digest of a Python source file's syntax tree without docstrings: what the code does, not how it is
+    commented or laid out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:DIGEST_HEX]
+
+
+def _installed_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:  # mpo-dist run from a source tree on PYTHONPATH
+        return "not installed"
+
+
+def software_fingerprint(code: tuple[str, ...]) -> dict[str, Any]:
+    """The versions of Python, mpo-dist, torch and transformers, and the digest of each source file in `code` (paths
+    under mpo_dist/): an upgrade or a changed judge, log-prob or loss module is a difference, named."""
+    versions = {"python": platform.python_version()} | {name: _installed_version(name) for name in VERSIONED}
+    return {"versions": versions, "code": {path: code_digest(PACKAGE_ROOT / path) for path in code}}
 
 
 def fingerprint_differences(stored: Any, current: Any, path: str = "", stored_as: str = "cached",

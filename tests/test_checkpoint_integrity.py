@@ -80,9 +80,9 @@ def test_marker_records_every_file_with_size_and_crc32(finished: Path) -> None:
 
 
 @pytest.mark.parametrize(("damage", "expected"), [
-    (truncate, f"{SHARD} is \\d+ bytes, the save recorded \\d+ \\(truncated"),
-    (flip_byte, f"{SHARD} has crc32 [0-9a-f]{{8}}, the save recorded [0-9a-f]{{8}} \\(corrupted\\)"),
-    (Path.unlink, f"{SHARD} is missing \\(the save recorded \\d+ bytes\\)"),
+    (truncate, f"{SHARD} is \\d+ bytes, written with \\d+ \\(cut short"),
+    (flip_byte, f"{SHARD} has crc32 [0-9a-f]{{8}}, written with [0-9a-f]{{8}} \\(damaged or edited\\)"),
+    (Path.unlink, f"{SHARD} is missing \\(written with \\d+ bytes\\)"),
 ])
 def test_auto_resume_skips_a_damaged_tag_and_continues_without_repeating_a_sample(
         run: Path, finished: Path, tiny_models: dict[str, Path], damage, expected: str,

@@ -143,7 +143,8 @@ def test_no_import_cycles():
 # never a layer above. Top-level modules are placed one by one: the shared base at the bottom, config_keys beside the
 # config it describes; mpo_dist.cli, every sub-command, is the top.
 LAYERS: list[set[str]] = [
-    {"atomic_write", "errors", "fingerprint", "option", "runtime", "run_files", "versions"},
+    {"artefact", "atomic_write", "config_files", "errors", "file_access", "file_digest", "fingerprint", "option",
+     "runtime", "run_files", "versions"},
     {"kernels"}, {"data"}, {"models"}, {"losses"}, {"config", "config_keys"}, {"engine"}, {"eval"}, {"plan"}, {"check"},
     {"train"}, {"cli"},
 ]

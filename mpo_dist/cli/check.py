@@ -18,6 +18,9 @@ def register(subparsers) -> None:
     parser.add_argument("--nodes", type=int, default=1, help="nodes of the run (default 1)")
     parser.add_argument("--gpus-per-node", type=int, help="ranks (GPUs) per node (default 1); giving it means a GPU run")
     parser.add_argument("--cpu", action="store_true", help="the ranks are CPU processes (as in the demo), not GPUs")
+    parser.add_argument("--skip-tag-checksums", action="store_true",
+                        help="read the resume tag's marker and world size but leave checksumming its files to the run's "
+                             "ranks (slurm/train.sbatch: a 70B tag takes minutes to read on one login node)")
     parser.add_argument("--gpu-mem", type=float, help="GiB per GPU: error when the planned peak does not fit")
     parser.add_argument("--cpu-mem", type=float, help="GiB of host memory per node: error when the plan does not fit")
     parser.add_argument("--plan-model", help="what the memory planner reads when model.path is not on this machine: a "
@@ -32,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mpo_dist.check.memory_plan import check_memory
+    from mpo_dist.check.reference_cache import check_reference_cache
     from mpo_dist.check.resume import check_resume
     from mpo_dist.check.versions import check_versions
     from mpo_dist.check.preflight import preflight
@@ -54,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     on_gpu = not args.cpu and (args.gpus_per_node is not None or torch.cuda.is_available())
     inputs = preflight(config, world_size=args.nodes * gpus_per_node, on_gpu=on_gpu)
     report = inputs.report
-    check_resume(config, report, world_size=args.nodes * gpus_per_node)
+    check_resume(config, report, world_size=args.nodes * gpus_per_node, checksums=not args.skip_tag_checksums)
+    check_reference_cache(inputs.reference_cache, report)
     check_versions(report)
     report.summary.insert(0, f"run        {config.loss.name}{' + mlc' if config.mlc.enabled else ''}, "
                              f"{args.nodes} node(s) x {gpus_per_node} rank(s) on {'GPUs' if on_gpu else 'CPU'}"

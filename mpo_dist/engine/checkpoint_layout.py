@@ -1,8 +1,8 @@
 """What a checkpoint tag directory holds, and how to tell an intact one from a damaged one.
 
 A tag (`<output_dir>/checkpoints/step_XXXXXXXX`) counts once its COMPLETE marker exists. The marker is a JSON record
-of every file of the tag with its size and CRC-32, written last (atomically) by the save; `verify` compares the files
-with it, so a shard truncated or corrupted after the save (a half-copied directory, a failing disk, a parallel file
+of every file of the tag with its size and CRC-32 (the file record of mpo_dist/artefact.py, which every stored
+artefact uses), written last (atomically) by the save; `verify` compares the files with it, so a shard truncated or corrupted after the save (a half-copied directory, a failing disk, a parallel file
 system that lost a stripe) is found before DeepSpeed reads it. Markers of checkpoints written before the record
 existed hold only the step; such tags get a structural check (every rank's model states beside its optimizer shard,
 every .pt file ends in a readable zip directory, which a truncation removes).
@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import zipfile
-import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from mpo_dist.artefact import CHECKSUM, FileRecord, file_crc32, payload_problems
 from mpo_dist.atomic_write import atomic_write_text
 from mpo_dist.errors import UserError
 
@@ -32,8 +30,6 @@ LATEST_FILE = "latest"
 TAG_PREFIX = "step_"
 UNIVERSAL_OPTIMIZER_STATE = Path("zero") / "optimizer_state.pt"
 MARKER_FORMAT = 1
-CHECKSUM = "crc32"  # zlib.crc32: stdlib, about 2 GiB/s per core (docs/checkpoints.md, benchmarks/checkpoint_checksum.py)
-READ_BLOCK = 16 << 20
 # DeepSpeed names a rank's files zero_pp_rank_<r>_mp_rank_00_{model,optim}_states.pt (optionally bf16_-prefixed);
 # the trainer adds rng_rank<r>.pt.
 RANK_IN_NAME = re.compile(r"(?:pp_rank_|rng_rank)(\d+)")
@@ -43,12 +39,6 @@ OPTIM_STATES = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
 
 class CheckpointError(UserError):
     """A path is not a usable mpo-dist checkpoint; the message says what is wrong and what was expected."""
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    size: int
-    crc32: str
 
 
 @dataclass(frozen=True)
@@ -92,17 +82,6 @@ def looks_like_tag(tag_dir: Path) -> bool:
     return is_universal(tag_dir) or any(MODEL_STATES.search(p.name) for p in tag_dir.glob("*_model_states.pt"))
 
 
-def file_checksum(path: Path, *, fsync: bool = False) -> str:
-    """CRC-32 of the file; `fsync` also flushes its data to the disk (a save's checksum pass, while the pages are hot)."""
-    crc = 0
-    with open(path, "rb") as handle:
-        while block := handle.read(READ_BLOCK):
-            crc = zlib.crc32(block, crc)
-        if fsync:
-            os.fsync(handle.fileno())
-    return f"{crc:08x}"
-
-
 def tag_files(tag_dir: Path) -> list[str]:
     """Every file of the tag relative to it (posix), sorted, except the marker and atomic-write temporaries."""
     names = []
@@ -123,7 +102,7 @@ def record_files(tag_dir: Path, names: list[str]) -> dict[str, FileRecord]:
     records = {}
     for name in names:
         path = tag_dir / name
-        records[name] = FileRecord(path.stat().st_size, file_checksum(path, fsync=True))
+        records[name] = FileRecord(path.stat().st_size, file_crc32(path, fsync=True))
     return records
 
 
@@ -131,7 +110,7 @@ def write_marker(tag_dir: Path, step: int, files: dict[str, FileRecord]) -> None
     """Written last, atomically and durably (after every rank fsynced its files): a marker that exists is whole, and
     so is what it records."""
     payload = {"format": MARKER_FORMAT, "step": step, "checksum": CHECKSUM,
-               "files": {name: {"size": r.size, CHECKSUM: r.crc32} for name, r in sorted(files.items())}}
+               "files": {name: record.to_json() for name, record in sorted(files.items())}}
     atomic_write_text(tag_dir / COMPLETE_MARKER, json.dumps(payload, indent=1) + "\n")
 
 
@@ -167,7 +146,7 @@ def read_marker(tag_dir: Path) -> Marker:
         return Marker(int(text), None)
     try:
         payload = json.loads(text)
-        files = {name: FileRecord(int(entry["size"]), str(entry[CHECKSUM])) for name, entry in payload["files"].items()}
+        files = {name: FileRecord.from_json(entry) for name, entry in payload["files"].items()}
         return Marker(int(payload["step"]), files)
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{tag_dir / COMPLETE_MARKER} is not a valid marker ({error}); the tag cannot be "
@@ -199,25 +178,7 @@ def verify(tag_dir: Path, *, rank: int = 0, world_size: int = 1, readers: int = 
         problems = structure_problems(names) if rank == 0 else []
         return TagCheck(problems + _unreadable_zips(tag_dir, names[rank::world_size]), recorded=False)
     share = shares_by_bytes({name: record.size for name, record in marker.files.items()}, world_size)[rank]
-    with ThreadPoolExecutor(max_workers=max(readers, 1)) as pool:
-        found = pool.map(lambda name: _file_problem(tag_dir, name, marker.files[name]), share)
-        return TagCheck([problem for problem in found if problem], recorded=True)
-
-
-def _file_problem(tag_dir: Path, name: str, expected: FileRecord) -> str | None:
-    path = tag_dir / name
-    if not path.is_file():
-        return f"{name} is missing (the save recorded {expected.size} bytes)"
-    try:
-        size = path.stat().st_size
-        actual = file_checksum(path) if size == expected.size else None
-    except OSError as error:  # a failing disk: the tag is damaged, and this rank still joins the others' gather
-        return f"{name} cannot be read ({error.strerror or error})"
-    if size != expected.size:
-        return f"{name} is {size} bytes, the save recorded {expected.size} (truncated or still being copied)"
-    if actual != expected.crc32:
-        return f"{name} has {CHECKSUM} {actual}, the save recorded {expected.crc32} (corrupted)"
-    return None
+    return TagCheck(payload_problems(tag_dir, {name: marker.files[name] for name in share}, readers), recorded=True)
 
 
 def warn_unrecorded(tag_dir: Path) -> None:

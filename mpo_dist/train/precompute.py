@@ -2,8 +2,8 @@
 
 Run it under torchrun / srun exactly like `train`, with the same config and overrides. The reference is the same ZeRO-3
 engine with CPU-offloaded parameters that online training would build; every rank takes every world_size-th example and
-writes its own shard, rank 0 writes the index last. Training with `engine.reference: cache` then builds no reference
-engine at all (see mpo_dist.engine.reference_cache).
+writes its own shard, rank 0 writes the index (with each shard's size and checksum) last. Training with
+`engine.reference: cache` then builds no reference engine at all (see mpo_dist.engine.reference_cache).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from mpo_dist.artefact import FileRecord
 from mpo_dist.check.preflight import launch_context, preflight
 from mpo_dist.config import Config, ConfigError
 from mpo_dist.data.collate import PreferenceCollator
@@ -71,9 +72,10 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
             log.info("precompute-ref: %d / %d micro-batches", index + 1, num_batches)
 
     shard = write_shard(out_dir, ctx.rank, ctx.world_size, computed)
-    shards: list[tuple[str | None, list[str]]] = [(None, [])] * ctx.world_size
+    shards: list[tuple[tuple[str, FileRecord] | None, list[str]]] = [(None, [])] * ctx.world_size
     dist.all_gather_object(shards, (shard, example_ids))
     if ctx.is_main:
-        write_index(out_dir, fingerprint, cached_term_names(loss), [(f, ids) for f, ids in shards if f is not None])
+        write_index(out_dir, fingerprint, cached_term_names(loss),
+                    [(written[0], written[1], ids) for written, ids in shards if written is not None])
         log.info("precompute-ref: wrote %d examples (%s) to %s", len(examples), ", ".join(cached_term_names(loss)), out_dir)
     barrier()

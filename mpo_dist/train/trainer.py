@@ -34,7 +34,7 @@ from mpo_dist.engine.engines import (
 )
 from mpo_dist.engine.checkpoint_resume import resolve_resume
 from mpo_dist.engine.hf_export import export_live_policy
-from mpo_dist.engine.reference_cache import ReferenceCache
+from mpo_dist.engine.reference_cache import ReferenceCache, verify_reference_cache
 from mpo_dist.engine.checkpoint_layout import is_universal
 from mpo_dist.engine.run_directory import RunDirectory, slurm_job
 from mpo_dist.engine.run_lock import RunLock
@@ -69,7 +69,8 @@ class Trainer:
         """Checks first (those of `mpo-dist check`, on every rank): a run that would fail raises a one-line UserError
         before the process group or DeepSpeed starts. Then rank 0 takes the run directory's lock (creating the
         directory) and the resume checkpoint is verified (the ranks share reading it); nothing else in the directory
-        changes before the resume has loaded (`train`). The lock is released when the constructor fails."""
+        changes before the resume has loaded (`train`). A reference cache is checksummed before the directory is
+        touched. The lock is released when the constructor fails."""
         self.config = config
         launch = launch_context()
         inputs = preflight(config, world_size=launch.world_size, on_gpu=launch.on_gpu, device=launch.device)
@@ -82,6 +83,8 @@ class Trainer:
         for warning in inputs.report.warnings:
             log.warning("%s", warning)
         seed_everything(config.train.seed)
+        if inputs.reference_cache is not None:  # every rank checksums its share of the shards, before the directory
+            verify_reference_cache(inputs.reference_cache)
         self.output_dir = config.output_dir
         self.config_text = json.dumps(to_dict(config), indent=2)  # what config.json holds and COMPLETED is bound to
         self.run_dir = RunDirectory(self.output_dir, keep_abandoned=config.checkpoint.keep_abandoned)
