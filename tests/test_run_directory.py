@@ -24,27 +24,13 @@ from mpo_dist.train.trainer import Trainer
 
 from conftest import REPO_ROOT, read_jsonl
 from slurm_cluster import LAUNCHER_VARIABLES, wait_for
-from test_checkpoint_lifecycle import settings, tag, tags
+from test_checkpoint_lifecycle import finished, run, settings, tag, tags  # noqa: F401  (fixtures: tags 2, 4, 6)
 
 QUIET = ["data.eval_files=[]"]  # no held-out evaluation: these tests are about tags and lines
 
 
 def run_trainer(model: Path, run: Path, *extra: str, **options) -> int:
     return Trainer(load_config(None, settings(model, run, **options) + QUIET + list(extra))).train().exit_code
-
-
-@pytest.fixture(scope="module")
-def finished(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted one-rank run: tags at steps 2, 4 and 6, COMPLETED."""
-    run = tmp_path_factory.mktemp("run_directory") / "run"
-    assert run_trainer(tiny_models["llama"], run) == 0
-    assert tags(run) == ["step_00000002", "step_00000004", "step_00000006"]
-    return run
-
-
-@pytest.fixture
-def run(finished: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(finished, tmp_path / "run"))
 
 
 def steps_logged(run: Path) -> list[int]:
