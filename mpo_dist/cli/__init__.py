@@ -8,11 +8,11 @@ import os
 import sys
 
 from mpo_dist.cli import (check, checkpoints, compare, config_keys, demo, evaluate, import_gguf, init_tiny, plan,
-                          precompute_ref, train)
+                          precompute_ref, run_tags, train)
 from mpo_dist.errors import DEBUG_ENV, ERROR_FILE_ENV, EXIT_USER_ERROR, UserError
 
 # In the order `mpo-dist --help` lists them.
-SUBCOMMANDS = (train, check, init_tiny, demo, config_keys, precompute_ref, import_gguf, plan, evaluate, compare, checkpoints)
+SUBCOMMANDS = (train, check, init_tiny, demo, config_keys, precompute_ref, import_gguf, plan, evaluate, compare, checkpoints, run_tags)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,7 +42,9 @@ def register(subparsers) -> None:
     export.add_argument("--model-dir", type=Path,
                         help="source Hugging Face directory with its tokenizer, when the recorded model.path / model.tokenizer moved")
     export.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
-    export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace OUT if it exists; refused when OUT is or holds the checkpoint, its run directory, "
+                             "the source model or tokenizer, or lies inside the tag or the run's checkpoints/")
     export.set_defaults(func=_export)
 
     universal = subparsers.add_parser(

@@ -17,6 +17,8 @@ def register(subparsers) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from mpo_dist.config import load_config
+    from mpo_dist.train.launcher import rank_exit_code
     from mpo_dist.train.trainer import Trainer
 
-    return Trainer(load_config(args.config, run_overrides(args))).train().exit_code
+    result = Trainer(load_config(args.config, run_overrides(args))).train()
+    return rank_exit_code(result.exit_code, result.steps_done)

@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -23,8 +23,13 @@ from mpo_dist.data.collate import Batch
 from mpo_dist.data.packing import attention_implementation
 from mpo_dist.engine.checkpoint_layout import CheckpointError
 from mpo_dist.engine.ds_config import with_reduce_bucket_capped
+from mpo_dist.engine.op_builds import wait_for_build_locks
+from mpo_dist.engine.waits import announced_wait
 from mpo_dist.models.activation_checkpointing import enable_activation_checkpointing
 from mpo_dist.models.alignment_model import AlignmentModel, ModelOutputs
+from mpo_dist.errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -83,13 +88,22 @@ def init_distributed() -> DistributedContext:
     if on_gpu:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False, timeout=collective_timeout())
+        wait_for_build_locks()  # DeepSpeed loads its ops here, and waits silently forever on a killed build's lock
+        with announced_wait("the other ranks to join the process group"):
+            deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False,
+                                       timeout=collective_timeout())
     device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
-def barrier() -> None:
-    if dist.is_initialized():
+def barrier(waiting_for: str | None = None) -> None:
+    """All ranks meet here; `waiting_for` (what the slowest rank is doing) makes a long wait say so every 30 s."""
+    if not dist.is_initialized():
+        return
+    if waiting_for is None:
+        dist.barrier()
+        return
+    with announced_wait(waiting_for):
         dist.barrier()
 
 
@@ -121,6 +135,23 @@ def broadcast_from_rank0(value: object) -> object:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def decided_by_rank0(decide: Callable[[], T], what: str) -> T:
+    """Run `decide` on rank 0 only (what reads or changes the run directory) and give every rank its result, or raise
+    its UserError on every rank, so all ranks leave together and the launcher prints the one line once. `what` names
+    the decision for the other ranks' wait lines."""
+    outcome: tuple[Any, UserError | None] | None = None
+    if rank_and_world()[0] == 0:
+        try:
+            outcome = (decide(), None)
+        except UserError as error:
+            outcome = (None, error)
+    with announced_wait(f"rank 0 to {what}"):
+        result, error = broadcast_from_rank0(outcome)
+    if error is not None:
+        raise error
+    return result
 
 
 def _call_model(engine: Any, batch: Batch, rows: list[int] | None, with_mlc: bool) -> ModelOutputs:

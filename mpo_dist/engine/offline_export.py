@@ -74,14 +74,36 @@ def consolidated_fp32_state(tag_dir: Path) -> dict[str, torch.Tensor]:
     return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
 
 
+def _refuse_output_over_inputs(out_dir: Path, tag_dir: Path, run_dir: Path, source: Path, tokenizer_dir: Path) -> None:
+    """--overwrite replaces OUT as a whole, so OUT must not be or hold the checkpoint, its run directory (the recorded
+    train.output_dir, and the one the tag sits in), the source model or the tokenizer; nor lie inside the tag or the
+    run's checkpoints/ folder, where it would damage a tag or pass for one. Elsewhere in the run directory is fine
+    (<output_dir>/hf)."""
+    out = out_dir.resolve()
+    kept = [("run directory", run_dir)]
+    not_inside = [tag_dir.resolve()]
+    tags_dir = tag_dir.resolve().parent
+    if tags_dir.name == "checkpoints":  # <output_dir>/checkpoints/step_N: the run it belongs to, wherever it moved
+        kept.append(("run directory", tags_dir.parent))
+        not_inside.append(tags_dir)
+    kept += [("checkpoint", tag_dir), ("source model", source), ("tokenizer", tokenizer_dir)]
+    for what, path in kept:
+        if out == path.resolve() or out in path.resolve().parents:
+            raise CheckpointError(f"output directory {out_dir} is or contains the {what} {path}, which writing it "
+                                  "(with --overwrite: deleting it first) would destroy; choose a new directory")
+    for folder in not_inside:
+        if out.is_relative_to(folder):
+            raise CheckpointError(f"output directory {out_dir} is inside {folder}, where it would damage a checkpoint tag "
+                                  "or pass for one; choose a directory outside it (e.g. <output_dir>/hf)")
+
+
 def export_checkpoint(tag_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float32, *, model_dir: Path | None = None,
                       max_shard_size: str = "5GB", overwrite: bool = False) -> Path:
     """Write `out_dir` (safetensors shards, config, tokenizer, generation config, and mlc_projection.safetensors when the
     run trained one) atomically: it is built in a hidden sibling directory and renamed into place at the end."""
     client_state = read_client_state(tag_dir)
     source, tokenizer_dir = _source_dirs(client_state["config"], model_dir)
-    if out_dir.resolve() in (source.resolve(), tokenizer_dir.resolve(), tag_dir.resolve()):
-        raise CheckpointError(f"output directory {out_dir} is the source model, tokenizer or checkpoint; choose a new directory")
+    _refuse_output_over_inputs(out_dir, tag_dir, Path(client_state["config"]["train"]["output_dir"]), source, tokenizer_dir)
     if out_dir.exists() and not overwrite:
         raise CheckpointError(f"output directory {out_dir} already exists; remove it or pass --overwrite")
     state = consolidated_fp32_state(tag_dir)

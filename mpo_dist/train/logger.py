@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from mpo_dist.engine.waits import wait_log
 from mpo_dist.run_files import METRICS_FILE
 
 log = logging.getLogger("mpo_dist")
@@ -25,6 +26,7 @@ def setup_console_logging(rank: int) -> None:
         stream=sys.stdout,
         force=True,
     )
+    wait_log.setLevel(logging.WARNING)  # a waiting rank says so whatever its rank (engine/waits.py)
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:

@@ -5,25 +5,15 @@ SIGTERM from a preemption reaches the workers through torchrun. Every rank decid
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import signal
 from pathlib import Path
 
 import torch
 
 from mpo_dist.engine.engines import all_ranks_agree
+from mpo_dist.train.launcher import EXIT_REQUEUE  # noqa: F401  (the trainer's stop code; under launchers see there)
 
-EXIT_REQUEUE = 75  # EX_TEMPFAIL: "stopped early, resume me"
 STOP_FILE = "STOP"
-COMPLETED_FILE = "COMPLETED"
-
-
-def completed_marker(steps: int, config_text: str) -> str:
-    """COMPLETED's content: the steps done and the SHA-256 of the config.json text they were trained with. A COMPLETED
-    counts only beside that config (slurm/train.sbatch compares the two), so one left by an earlier run, or a run
-    refused before it rewrote config.json, never makes a job look finished (docs/checkpoints.md)."""
-    return json.dumps({"steps": steps, "config_sha256": hashlib.sha256(config_text.encode()).hexdigest()}) + "\n"
 
 
 class StopRequest:

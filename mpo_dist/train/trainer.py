@@ -89,7 +89,7 @@ class Trainer:
         self.config_text = json.dumps(to_dict(config), indent=2)  # what config.json holds and COMPLETED is bound to
         self.run_dir = RunDirectory(self.output_dir, keep_abandoned=config.checkpoint.keep_abandoned)
         self.run_lock = RunLock(self.output_dir)
-        resume = decided_by_rank0(self._own_run_directory)
+        resume = decided_by_rank0(self._own_run_directory, "take the run directory's lock and read its line")
         try:
             self._prepare(inputs, resume)
         except BaseException:
@@ -281,7 +281,7 @@ class Trainer:
             (self.output_dir / COMPLETED_FILE).unlink(missing_ok=True)
             atomic_write_text(self.output_dir / CONFIG_FILE, self.config_text)
             atomic_write_text(self.output_dir / VERSIONS_FILE, json.dumps(run_versions(installed_versions()), indent=1))
-        barrier()
+        barrier("rank 0 to put the run directory's tags in order (setting aside or deleting old ones)")
         stop = StopRequest(self.output_dir)
         logger = RunLogger(self.output_dir, enabled=self.ctx.is_main, tensorboard=config.logging.tensorboard,
                            progress_bar=config.logging.progress_bar, total_steps=self.total_steps, start_step=start_step)
