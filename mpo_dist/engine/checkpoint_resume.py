@@ -58,8 +58,10 @@ def resolve_resume(resume: str, root: Path, *, world_size: int | None = None, re
     if resume == "none":
         return None
     if resume == "auto":
-        candidates = resume_candidates(root) + ([line_origin] if line_origin is not None else [])
-        paths = broadcast_from_rank0([str(d) for d in candidates] if rank_and_world()[0] == 0 else None)
+        listed = None
+        if rank_and_world()[0] == 0:  # one listing for the job: other ranks' file systems may show other tags
+            listed = [str(d) for d in resume_candidates(root) + ([line_origin] if line_origin is not None else [])]
+        paths = broadcast_from_rank0(listed)
         tag_dir, marker = _newest_intact(root, [Path(p) for p in paths], readers, checksums)
     else:
         tag_dir = Path(resume)

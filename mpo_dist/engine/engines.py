@@ -96,6 +96,14 @@ def init_distributed() -> DistributedContext:
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
+def leave_process_group() -> None:
+    """End this rank's part of the process group once its last collective is done: gloo's and DeepSpeed's worker
+    threads are joined here instead of being torn down with the interpreter, where a rank can abort ("terminate called
+    without an active exception") and turn a finished job into a failed one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier(waiting_for: str | None = None) -> None:
     """All ranks meet here; `waiting_for` (what the slowest rank is doing) makes a long wait say so every 30 s."""
     if not dist.is_initialized():
