@@ -8,7 +8,8 @@ setup(
     packages=find_packages(include=["mpo_dist", "mpo_dist.*"]),
     package_data={"mpo_dist": ["data/sample/*.jsonl", "configs/models/*.json"]},
     include_package_data=True,
-    python_requires=">=3.10",
+    # The lowest Python that every pin of requirements/constraints.txt supports (tests/test_lock.py).
+    python_requires=">=3.11",
     # Tested ranges of the libraries whose releases have broken us: the lower bound is the oldest version a test or
     # benchmark ran on (docs/benchmarks.md), the upper bound the next untested major (a DeepSpeed minor counts as one:
     # we reach into its ZeRO-3 internals). requirements/cpu.lock pins versions inside them (tests/test_lock.py);

@@ -2,7 +2,8 @@
 
 The tested ranges are setup.py's requirements, read back from the installed package's metadata, so there is one list.
 The lock (requirements/cpu.lock, written by launch/lock.sh) pins the CPU set-up; GPU clusters apply its hash-free
-constraints without the packages their CUDA build of torch brings. See docs/quickstart.md, "Versions and the lock".
+constraints without the packages their CUDA build of torch brings, after `cluster-check` has made sure pip will keep
+that torch. See docs/quickstart.md, "Versions and the lock".
 Lock parsing uses the standard library only: launch/lock.sh runs it in a virtualenv that has nothing else.
 """
 from __future__ import annotations
@@ -11,7 +12,6 @@ import argparse
 import platform
 import re
 import sys
-import sysconfig
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 # The libraries whose releases have broken us: `mpo-dist check` reports them and warns outside the tested range.
 TRACKED = ("torch", "deepspeed", "transformers", "datasets", "triton")
+# What a GPU cluster keeps from its own CUDA build of torch although setup.py declares a range for it.
+CLUSTER_KEPT = ("torch", "triton")
 # What a GPU cluster's CUDA build of torch brings (and the constraints file therefore leaves alone).
 _GPU_OWNED = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*|pytorch-triton.*)$")
 _PINNED_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
@@ -46,25 +48,27 @@ def constraints_text(lock: dict[str, str], lock_name: str) -> str:
     """The lock as pip constraints for a cluster that keeps its own CUDA torch: no hashes (pip refuses them in
     constraint files), and nothing that the CUDA build of torch brings."""
     header = (f"# Generated from {lock_name} by launch/lock.sh: the lock's versions without hashes, torch, triton or\n"
-              "# CUDA packages. GPU clusters: pip install -c requirements/constraints.txt -e '.[test]' (docs/quickstart.md).\n")
+              "# CUDA packages. GPU clusters: docs/quickstart.md, 'Versions and the lock' (cluster-check first).\n")
     return header + "".join(f"{name}=={version}\n" for name, version in sorted(lock.items())
                             if not _GPU_OWNED.match(name))
 
 
 def installed_versions() -> dict[str, str]:
-    """Every distribution installed in this environment's site-packages, by canonical name. Not all of sys.path:
-    once setuptools is imported it holds setuptools/_vendor, whose copies (an older `packaging`, ...) are not installs."""
+    """Every distribution this interpreter imports from, by canonical name: the first one on sys.path wins, as for
+    imports. All of sys.path, not only the venv's site-packages: a GPU cluster's torch lives in the system
+    site-packages of a `--system-site-packages` venv or on a module's PYTHONPATH (docs/quickstart.md)."""
     versions: dict[str, str] = {}
-    for distribution in metadata.distributions(path=site_packages()):
+    for distribution in metadata.distributions(path=install_paths()):
         name = distribution.metadata["Name"]
         if name:
             versions.setdefault(canonical(name), distribution.version)
     return versions
 
 
-def site_packages() -> list[str]:
-    paths = sysconfig.get_paths()
-    return list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
+def install_paths() -> list[str]:
+    """sys.path without the folders that lie inside a package: once imported, setuptools appends its
+    setuptools/_vendor, whose copies (an older `packaging`, jaraco.*, ...) are its private code, not installs."""
+    return [entry for entry in sys.path if not (Path(entry or ".").resolve().parent / "__init__.py").is_file()]
 
 
 def tested_ranges() -> dict[str, SpecifierSet]:
@@ -85,12 +89,11 @@ def tested_ranges() -> dict[str, SpecifierSet]:
     return ranges
 
 
-def outside_tested_range(installed: dict[str, str], ranges: dict[str, SpecifierSet],
-                         names: tuple[str, ...] = TRACKED) -> list[str]:
-    """One line for each of `names` that is installed at a version outside its declared range."""
+def outside_ranges(installed: dict[str, str], ranges: dict[str, SpecifierSet], names: tuple[str, ...]) -> list[str]:
+    """Those of `names` installed at a version outside their declared range (not installed or no range: not listed)."""
     from packaging.version import InvalidVersion, Version
 
-    lines = []
+    outside = []
     for name in names:
         version, allowed = installed.get(name), ranges.get(name)
         if version is None or allowed is None or not str(allowed):
@@ -100,9 +103,33 @@ def outside_tested_range(installed: dict[str, str], ranges: dict[str, SpecifierS
         except InvalidVersion:
             inside = False
         if not inside:
-            lines.append(f"{name} {version} is outside the tested range {allowed}: results may differ from ours "
-                         "(docs/quickstart.md, 'Versions and the lock')")
-    return lines
+            outside.append(name)
+    return outside
+
+
+def outside_tested_range(installed: dict[str, str], ranges: dict[str, SpecifierSet],
+                         names: tuple[str, ...] = TRACKED) -> list[str]:
+    """One line for each of `names` that is installed at a version outside its declared range."""
+    return [f"{name} {installed[name]} is outside the tested range {ranges[name]}: results may differ from ours "
+            "(docs/quickstart.md, 'Versions and the lock')" for name in outside_ranges(installed, ranges, names)]
+
+
+def cluster_refusal(installed: dict[str, str], ranges: dict[str, SpecifierSet]) -> str | None:
+    """Why the GPU-cluster path must stop before it applies the constraints, in one line, or None. pip replaces a
+    torch (or triton) outside setup.py's range with the package index's build instead of keeping the cluster's, and
+    installs the index's torch where there is none."""
+    if not ranges:
+        return ("mpo-dist is not installed, so its supported ranges are unknown: first run "
+                "`pip install --no-deps -c requirements/constraints.txt -e . packaging`")
+    if "torch" not in installed:
+        return ("torch is not installed: load the cluster's PyTorch module or install its CUDA build of torch first "
+                "(pip would install the package index's build)")
+    outside = outside_ranges(installed, ranges, CLUSTER_KEPT)
+    if not outside:
+        return None
+    found = ", ".join(f"{name} {installed[name]} (supported: {ranges[name]})" for name in outside)
+    return (f"{found}: pip would replace the cluster's build with the package index's; use a PyTorch module or image "
+            "inside the range (docs/quickstart.md, 'Versions and the lock')")
 
 
 def versions_line(installed: dict[str, str], names: tuple[str, ...] = TRACKED) -> str:
@@ -128,7 +155,10 @@ def run_versions(installed: dict[str, str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Maintenance commands of launch/lock.sh and the canary (launch/test.sh --latest); not a user command."""
+    """Maintenance commands of launch/lock.sh and the canary (launch/test.sh --latest), and the GPU cluster's check
+    before it applies the constraints (docs/quickstart.md). Not `mpo-dist` sub-commands: lock.sh runs `constraints`
+    with the standard library alone, and `cluster-check` runs before mpo-dist's dependencies (but `packaging`) are
+    installed."""
     parser = argparse.ArgumentParser(prog="python -m mpo_dist.versions")
     commands = parser.add_subparsers(dest="command", required=True)
     constraints = commands.add_parser("constraints", help="write the GPU-cluster constraints file from a lock")
@@ -136,11 +166,22 @@ def main(argv: list[str] | None = None) -> int:
     constraints.add_argument("out", type=Path)
     diff = commands.add_parser("diff", help="print the installed versions that differ from a lock")
     diff.add_argument("lock", type=Path)
+    commands.add_parser("cluster-check", help="exit 1 with one line when pip, applying the constraints, would replace "
+                                              "(or install) torch: it is missing or outside setup.py's range")
     args = parser.parse_args(argv)
     if args.command == "constraints":
         from mpo_dist.atomic_write import atomic_write_text
 
         atomic_write_text(args.out, constraints_text(read_lock(args.lock), args.lock.name))
+        return 0
+    if args.command == "cluster-check":
+        installed = installed_versions()
+        refusal = cluster_refusal(installed, tested_ranges())
+        if refusal:
+            print(f"cluster-check: {refusal}", file=sys.stderr)
+            return 1
+        kept = ", ".join(f"{name} {installed[name]}" for name in CLUSTER_KEPT if name in installed)
+        print(f"cluster-check: {kept}: inside mpo-dist's supported ranges, so applying the constraints keeps them")
         return 0
     rows = lock_differences(read_lock(args.lock), installed_versions())
     print(f"{len(rows)} package(s) differ from {args.lock}" + (":" if rows else ""))

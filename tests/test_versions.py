@@ -2,6 +2,7 @@
 outside them, the versions file beside a run's config, and the canary's differences against the lock."""
 from __future__ import annotations
 
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -63,8 +64,41 @@ def test_check_prints_the_versions_and_warns_outside_the_ranges(tiny_models: dic
 
 
 def test_installed_versions_are_the_installs_not_setuptools_vendored_copies() -> None:
-    import setuptools  # noqa: F401  (puts setuptools/_vendor, with its own older packaging, on sys.path)
+    import setuptools  # (puts setuptools/_vendor, with its own older packaging, jaraco.*, ..., at the end of sys.path)
 
+    vendor = str(Path(setuptools.__file__).parent / "_vendor")
+    assert vendor in sys.path
+    vendored = {versions.canonical(d.metadata["Name"]) for d in metadata.distributions(path=[vendor])}
+    installed = {versions.canonical(d.metadata["Name"]) for d in metadata.distributions(path=sys.path)
+                 if vendor not in str(d.locate_file(""))}
+    assert vendored - installed  # copies that only setuptools holds (jaraco.text, ...): they must not be reported
     found = versions.installed_versions()
+    assert not (vendored - installed) & set(found)
     assert found["packaging"] == metadata.version("packaging")  # the first on sys.path: the installed one
     assert "mpo-dist" in found and "torch" in found
+
+
+def test_installed_versions_read_all_of_sys_path_and_the_first_install_wins(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # A cluster module puts its torch on PYTHONPATH, outside the venv's site-packages and before it.
+    module = tmp_path / "module"
+    for name, version in (("torch", "2.10.0"), ("cluster-only", "1.2.3")):
+        (module / f"{name.replace('-', '_')}-{version}.dist-info").mkdir(parents=True)
+        (module / f"{name.replace('-', '_')}-{version}.dist-info/METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    monkeypatch.syspath_prepend(str(module))
+    found = versions.installed_versions()
+    assert found["torch"] == "2.10.0" and found["cluster-only"] == "1.2.3"
+    assert found["transformers"] == metadata.version("transformers")
+
+
+def test_the_cluster_path_stops_where_pip_would_replace_torch() -> None:
+    ranges = {"torch": SpecifierSet(">=2.11,<3"), "triton": SpecifierSet(">=3.6,<4")}
+    assert versions.cluster_refusal({"torch": "2.11.0", "triton": "3.6.0"}, ranges) is None
+    assert versions.cluster_refusal({"torch": "2.13.0+cu130"}, ranges) is None  # no triton: pip installs one, fine
+    below = versions.cluster_refusal({"torch": "2.10.0", "triton": "3.5.1"}, ranges)
+    assert below.startswith("torch 2.10.0 (supported: ") and "triton 3.5.1 (supported: " in below
+    assert "\n" not in below and ">=2.11" in below and "pip would replace" in below
+    assert versions.cluster_refusal({"torch": "3.0.0", "triton": "3.6.0"}, ranges).startswith("torch 3.0.0 ")
+    assert versions.cluster_refusal({"triton": "3.6.0"}, ranges).startswith("torch is not installed")
+    assert versions.cluster_refusal({"torch": "2.13.0"}, {}).startswith("mpo-dist is not installed")
