@@ -189,8 +189,9 @@ def run_one(args: argparse.Namespace) -> dict:
     from mpo_dist.check.memory_plan import plan_settings
     from mpo_dist.config import load_config
     from mpo_dist.engine.engines import ReferenceEngine
-    from mpo_dist.plan import load_model_shape, plan_memory
-    from mpo_dist.plan.memory import CUDA_CONTEXT_ALLOWANCE_BYTES, FORWARD_BACKWARD, OPTIMIZER_STEP, REFERENCE_FORWARD
+    from mpo_dist.plan.memory import (CUDA_CONTEXT_ALLOWANCE_BYTES, FORWARD_BACKWARD, OPTIMIZER_STEP, REFERENCE_FORWARD,
+                                      plan_memory)
+    from mpo_dist.plan.model_shape import load_model_shape
     from mpo_dist.train.trainer import Trainer
 
     case, work = CASES[args.run_one], args.work_dir

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mpo_dist.config_files import ConfigError, parse_yaml, read_config_text, yaml_problem
+from mpo_dist.config_files import ConfigError, read_config_tree
 from mpo_dist.data.data_file import DataFile
 from mpo_dist.data.schema import KNOWN_LANGUAGES
 from mpo_dist.losses import LOSSES
@@ -246,23 +244,6 @@ def _is_list_key(parts: list[str]) -> bool:
     return typing.get_origin(cls) is list
 
 
-def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for depth, part in enumerate(parts[:-1]):
-        if _is_list_key(parts[:depth + 1]):
-            whole = ".".join(parts[:depth + 1])
-            raise ConfigError(f"--set {dotted}: {whole} is a list, set as a whole: --set {whole}=[a,b] "
-                              "(YAML flow syntax; the items cannot be set one by one)")
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {dotted}: {part} is not a section")
-    try:
-        node[parts[-1]] = parse_yaml(raw) if raw != "" else ""
-    except yaml.YAMLError as error:
-        raise ConfigError(f"--set {dotted}: the value {raw!r} is not valid YAML: {yaml_problem(error)}") from None
-
-
 def validate(config: Config) -> None:
     """Cross-field checks that a dataclass alone cannot express."""
     for key, choices in _CHOICES.items():
@@ -384,22 +365,7 @@ def needs_reference(config: Config) -> bool:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read YAML (optional; a key given twice is an error), apply `key=value` overrides (values parsed as YAML), build
     and validate the Config."""
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        text = read_config_text(path, "config file")
-        try:
-            tree = parse_yaml(text) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path}: invalid YAML: {yaml_problem(error)}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
-    for override in overrides or []:
-        if "=" not in override:
-            raise ConfigError(f"--set {override!r}: expected key=value")
-        key, raw = override.split("=", 1)
-        _set_dotted(tree, key.strip(), raw)
-    config = _build(Config, tree, "")
+    config = _build(Config, read_config_tree(path, overrides or [], is_list_key=_is_list_key), "")
     validate(config)
     return config
 

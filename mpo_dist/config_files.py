@@ -1,4 +1,5 @@
-"""Reading the files users edit by hand: the run's YAML config and the DeepSpeed JSON templates.
+"""Reading the files users edit by hand: the run's YAML config (with its --set overrides) and the DeepSpeed JSON
+templates.
 
 What a plain `yaml.safe_load` / `json.loads` lets through is refused here with the file and line: a key given twice
 (both parsers keep the last value silently, so a second `train:` section drops the first one whole), and a path that is a
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,47 @@ def yaml_problem(error: yaml.YAMLError) -> str:
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
     mark = getattr(error, "problem_mark", None)
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
+def _set_dotted(tree: dict, dotted: str, raw: str, is_list_key: Callable[[list[str]], bool]) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for depth, part in enumerate(parts[:-1]):
+        if is_list_key(parts[:depth + 1]):
+            whole = ".".join(parts[:depth + 1])
+            raise ConfigError(f"--set {dotted}: {whole} is a list, set as a whole: --set {whole}=[a,b] "
+                              "(YAML flow syntax; the items cannot be set one by one)")
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {part} is not a section")
+    try:
+        node[parts[-1]] = parse_yaml(raw) if raw != "" else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {dotted}: the value {raw!r} is not valid YAML: {yaml_problem(error)}") from None
+
+
+def read_config_tree(path: str | Path | None, overrides: list[str], *,
+                     is_list_key: Callable[[list[str]], bool]) -> dict:
+    """The YAML config file (optional; a key given twice is an error) with the `key=value` overrides applied (values
+    parsed as YAML): the plain tree mpo_dist.config builds its Config from. `is_list_key(parts)` says whether a dotted
+    key names a list, which --set replaces as a whole. Here, below the config, so `mpo-dist check` can read model.path
+    before it loads the config's dependencies (torch)."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        text = read_config_text(path, "config file")
+        try:
+            tree = parse_yaml(text) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path}: invalid YAML: {yaml_problem(error)}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"--set {override!r}: expected key=value")
+        key, raw = override.split("=", 1)
+        _set_dotted(tree, key.strip(), raw, is_list_key)
+    return tree
 
 
 _STRING_OR_BRACE = re.compile(r'["{}]')

@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 from mpo_dist.config import load_config, to_dict
-from mpo_dist.cli.demo import gap_table, mpo_settings
+from mpo_dist.train.demo import gap_table, mpo_settings
 
 DEMO_MPO = Path(__file__).resolve().parents[1] / "configs" / "demo_mpo.yaml"
 

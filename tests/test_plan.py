@@ -14,13 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpo_dist.plan import (
-    ModelSpecError,
-    PlanSettings,
-    compare_with_deepspeed,
-    load_model_shape,
-    plan_memory,
-)
 from mpo_dist.kernels.backward_budget import backward_temporary_bytes
 from mpo_dist.cli import main
 from mpo_dist.config import load_config
@@ -31,9 +24,12 @@ from mpo_dist.plan.memory import (
     OPTIMIZER_STEP,
     REFERENCE_FORWARD,
     STEP_PHASES,
+    PlanSettings,
+    compare_with_deepspeed,
     optimizer_sub_group_params,
+    plan_memory,
 )
-from mpo_dist.plan.model_shape import build_meta_model, load_hf_config
+from mpo_dist.plan.model_shape import ModelSpecError, build_meta_model, load_hf_config, load_model_shape
 from mpo_dist.train.trainer import Trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -4,5 +4,5 @@ Everything a run needs is checked in seconds, on a login node too (docs/quicksta
 config, the model directory, every data file, row and field, the languages, the reference cache, the DeepSpeed
 templates, the step arithmetic, the memory plan, the resume checkpoint (resume.py), the library versions (versions.py)
 and, on request, MPO's reference reward gap (reference_gap.py). This package sits below mpo_dist.train (the trainer
-imports it); the command is mpo_dist/cli/check.py.
+imports it); `mpo-dist check` runs them in order through run_check.py, its options being mpo_dist/cli/check.py.
 """

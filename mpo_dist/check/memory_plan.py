@@ -9,9 +9,9 @@ from mpo_dist.config import Config
 from mpo_dist.engine.ds_config import render_policy_config
 from mpo_dist.errors import UserError
 from mpo_dist.losses import build_loss
-from mpo_dist.plan import PlanSettings, load_model_shape, plan_memory
-from mpo_dist.plan.memory import (DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE, DEEPSPEED_DEFAULT_SUB_GROUP_SIZE, GIB,
-                                  HALF_PRECISION_DTYPES)
+from mpo_dist.plan.choices import DEEPSPEED_DEFAULT_SUB_GROUP_SIZE, HALF_PRECISION_DTYPES
+from mpo_dist.plan.memory import DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE, GIB, PlanSettings, plan_memory
+from mpo_dist.plan.model_shape import load_model_shape
 
 # Policy sequences per example: MPO adds the dominant chosen + rejected to the target pair. MLC's prompt-only rows are
 # not counted (the planner sizes every sequence at data.max_length; prompts are shorter).

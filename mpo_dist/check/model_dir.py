@@ -14,6 +14,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from mpo_dist.check.model_path import model_path_problem
 from mpo_dist.check.report import CheckReport
 from mpo_dist.config import Config
 from mpo_dist.file_access import read_problem, this_user
@@ -22,7 +23,6 @@ from mpo_dist.models.tokenizer import load_tokenizer
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 WEIGHT_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-INIT_TINY_HINT = "make a tiny one with `mpo-dist init-tiny DIR`, or see docs/models.md"
 
 
 @dataclass
@@ -118,16 +118,9 @@ def _load_tokenizer(config: Config, report: CheckReport) -> PreTrainedTokenizerB
 def check_model_directory(config: Config, report: CheckReport) -> ModelInputs | None:
     """The model's config and tokenizer, or None after recording what is wrong (naming the path)."""
     model_dir = Path(config.model.path)
-    if not model_dir.is_dir():
-        what = "is a file, not a directory" if model_dir.exists() else "does not exist"
-        report.error(f"model.path: {model_dir} {what}; expected a local Hugging Face model directory ({INIT_TINY_HINT})")
-        return None
-    problem = read_problem(model_dir)
+    problem = model_path_problem(model_dir)
     if problem:
-        report.error(f"model.path: {model_dir} {problem}")
-        return None
-    if not (model_dir / "config.json").is_file():
-        report.error(f"model.path: {model_dir} is not a Hugging Face model directory (no config.json; {INIT_TINY_HINT})")
+        report.error(problem)
         return None
     weights_problem = _weights_problem(model_dir)
     if weights_problem:

@@ -10,6 +10,11 @@ class CheckFailed(UserError):
     """The pre-flight found at least one error; the message is the first, with how many more there are."""
 
 
+class CheckReportFailed(UserError):
+    """`mpo-dist check` found at least one error; the message is the whole rendered report, which mpo_dist.cli.main
+    prints as it is, on stdout where a passing report goes too, before it exits 2."""
+
+
 @dataclass
 class CheckReport:
     errors: list[str] = field(default_factory=list)
@@ -31,6 +36,11 @@ class CheckReport:
             more = len(self.errors) - 1
             suffix = f" (and {more} more problem{'s' * (more > 1)}: run `mpo-dist check` with the same --config/--set)" if more else ""
             raise CheckFailed(self.errors[0] + suffix)
+
+    def raise_report_if_failed(self) -> None:
+        """For `mpo-dist check`: every finding at once, as the report it prints."""
+        if self.errors:
+            raise CheckReportFailed(self.render())
 
     def render(self) -> str:
         lines = list(self.summary)

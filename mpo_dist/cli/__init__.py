@@ -1,6 +1,6 @@
 """`mpo-dist`, the only entry layer: this module builds the parser and runs one sub-command; each sub-command is a
-module of this package (its options, then one call into the library). `main` is the one place where a user's mistake
-becomes one line and exit 2."""
+module of this package (its options, then one call into the library, imported inside the call so that `--help` loads
+no torch). `main` is the one place where a user's mistake becomes exit 2: one line, or `check`'s whole report."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ import sys
 
 from mpo_dist.cli import (check, checkpoints, compare, config_keys, demo, evaluate, import_gguf, init_tiny, plan,
                           precompute_ref, run_tags, train)
+from mpo_dist.check.report import CheckReportFailed
 from mpo_dist.errors import DEBUG_ENV, ERROR_FILE_ENV, EXIT_USER_ERROR, UserError
 
 # In the order `mpo-dist --help` lists them.
@@ -29,11 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run one sub-command. A UserError (bad config, data, path, checkpoint) is one line on stderr and exit 2; its
     traceback only with --debug or MPO_DIST_DEBUG=1. Any other exception is our bug and keeps its traceback. Under our
     launchers (MPO_DIST_ERROR_FILE set) every rank appends the line to that file instead, and the launcher prints it
-    once for the job and exits 2."""
+    once for the job and exits 2. A failed `check` prints its whole report, on stdout as a passing one, and exits 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except CheckReportFailed as failed:  # every finding, each already naming its key, file or row: no traceback to add
+        print(failed)
+        return EXIT_USER_ERROR
     except UserError as error:
         if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise

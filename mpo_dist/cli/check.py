@@ -1,11 +1,12 @@
-"""`mpo-dist check`: everything a run needs, checked on a login node in seconds, with no process group, no DeepSpeed
-engine and no GPU. Prints a summary, then every warning and error; exit 0 (the run would start) or 2 (it would fail)."""
+"""`mpo-dist check`: the options; mpo_dist.check.run_check checks everything a run needs, on a login node in seconds,
+with no process group, no DeepSpeed engine and no GPU. Prints a summary, then every warning and error; exit 0 (the run
+would start) or 2 (it would fail: mpo_dist.cli.main prints the failed report)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
 from mpo_dist.cli.run_options import add_run_options, run_overrides
-from mpo_dist.errors import EXIT_USER_ERROR
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -32,51 +33,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from mpo_dist.check.run_check import run_check
 
-    from mpo_dist.check.memory_plan import check_memory
-    from mpo_dist.check.reference_cache import check_reference_cache
-    from mpo_dist.check.resume import check_resume
-    from mpo_dist.check.versions import check_versions
-    from mpo_dist.check.preflight import preflight
-    from mpo_dist.check.report import CheckReport
-    from mpo_dist.config import ConfigError, load_config
-    from mpo_dist.check.reference_gap import check_reference_gap
-
-    overrides = run_overrides(args)
-    gpus_per_node = 1 if args.gpus_per_node is None else args.gpus_per_node
-    try:
-        if args.nodes < 1 or gpus_per_node < 1 or args.reference_gap < 0:
-            raise ConfigError(f"--nodes {args.nodes}, --gpus-per-node {gpus_per_node}, --reference-gap "
-                              f"{args.reference_gap}: expected at least 1, 1 and 0")
-        config = load_config(args.config, overrides)
-    except ConfigError as error:
-        report = CheckReport()
-        report.error(str(error))
-        print(report.render())
-        return EXIT_USER_ERROR
-    on_gpu = not args.cpu and (args.gpus_per_node is not None or torch.cuda.is_available())
-    inputs = preflight(config, world_size=args.nodes * gpus_per_node, on_gpu=on_gpu)
-    report = inputs.report
-    check_resume(config, report, world_size=args.nodes * gpus_per_node, checksums=not args.skip_tag_checksums)
-    check_reference_cache(inputs.reference_cache, report)
-    check_versions(report)
-    report.summary.insert(0, f"run        {config.loss.name}{' + mlc' if config.mlc.enabled else ''}, "
-                             f"{args.nodes} node(s) x {gpus_per_node} rank(s) on {'GPUs' if on_gpu else 'CPU'}"
-                             f" = world {args.nodes * gpus_per_node}")
-    plan_model = args.plan_model or config.model.path
-    if not on_gpu:
-        report.line("memory     not planned: a CPU run (the planner models GPU runs; --gpus-per-node G checks one)")
-    elif args.plan_model or Path(config.model.path).is_dir():
-        check_memory(config, report, model=plan_model, nodes=args.nodes, gpus_per_node=gpus_per_node,
-                     dtype=inputs.dtype_name, gpu_mem_gib=args.gpu_mem, cpu_mem_gib=args.cpu_mem)
-    else:
-        report.line("memory     not planned: model.path is not on this machine; --plan-model NAME plans a bundled shape")
-    if args.reference_gap and not report.errors:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        check_reference_gap(report, config.model.path, inputs.eval_examples,
-                            dominant_language=config.data.dominant_language, pairs=args.reference_gap,
-                            pad_token_id=inputs.model.tokenizer.pad_token_id,
-                            dtype="fp32" if device.type == "cpu" else inputs.dtype_name, device=device)
+    report = run_check(args.config, run_overrides(args), nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                       cpu=args.cpu, tag_checksums=not args.skip_tag_checksums, gpu_mem_gib=args.gpu_mem,
+                       cpu_mem_gib=args.cpu_mem, plan_model=args.plan_model, reference_gap_pairs=args.reference_gap)
     print(report.render())
-    return EXIT_USER_ERROR if report.errors else 0
+    return 0

@@ -3,21 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-from mpo_dist.engine.ds_config import auto_reduce_bucket_size
-from mpo_dist.plan.memory import (
-    ATTENTION_KINDS,
-    DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE,
-    DEEPSPEED_DEFAULT_SUB_GROUP_SIZE,
-    GRAD_ACCUM_DTYPES,
-    HALF_PRECISION_DTYPES,
-    REFERENCE_MODES,
-    PlanSettings,
-    compare_with_deepspeed,
-    plan_memory,
-)
-from mpo_dist.plan.model_shape import ModelShape, bundled_model_names, load_model_shape
-from mpo_dist.plan.table import render_table
+from mpo_dist.engine.ds_config import DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE
+from mpo_dist.plan.choices import (ATTENTION_KINDS, DEEPSPEED_DEFAULT_SUB_GROUP_SIZE, GRAD_ACCUM_DTYPES,
+                                   HALF_PRECISION_DTYPES, REFERENCE_MODES, bundled_model_names)
+
+if TYPE_CHECKING:
+    from mpo_dist.plan.memory import PlanSettings
+    from mpo_dist.plan.model_shape import ModelShape
 
 AUTO = "auto"
 
@@ -79,6 +73,9 @@ def _elements_or_auto(text: str) -> int | str:
 
 
 def settings_from_args(args, shape: ModelShape) -> PlanSettings:
+    from mpo_dist.engine.ds_config import auto_reduce_bucket_size
+    from mpo_dist.plan.memory import PlanSettings
+
     bucket = args.reduce_bucket_size
     return PlanSettings(
         nodes=args.nodes, gpus_per_node=args.gpus_per_node, gpu_mem_gib=args.gpu_mem, cpu_mem_gib=args.cpu_mem,
@@ -91,6 +88,10 @@ def settings_from_args(args, shape: ModelShape) -> PlanSettings:
 
 
 def run(args) -> int:
+    from mpo_dist.plan.memory import compare_with_deepspeed, plan_memory
+    from mpo_dist.plan.model_shape import load_model_shape
+    from mpo_dist.plan.table import render_table
+
     shape = load_model_shape(args.model)
     settings = settings_from_args(args, shape)
     plan = plan_memory(shape, settings)

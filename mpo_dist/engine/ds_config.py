@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mpo_dist.config import Config
 from mpo_dist.config_files import load_json_config
 from mpo_dist.errors import UserError
+
+if TYPE_CHECKING:  # annotations only: the CLI's parsers read DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE without loading torch
+    from mpo_dist.config import Config
 
 
 class DeepSpeedConfigError(UserError):

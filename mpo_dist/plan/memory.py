@@ -26,16 +26,13 @@ from math import ceil
 from mpo_dist.engine.ds_config import DEEPSPEED_DEFAULT_REDUCE_BUCKET_SIZE, reduce_bucket_elements
 from mpo_dist.errors import UserError
 from mpo_dist.kernels.backward_budget import backward_temporary_bytes
+from mpo_dist.plan.choices import (ATTENTION_KINDS, DEEPSPEED_DEFAULT_SUB_GROUP_SIZE, GRAD_ACCUM_DTYPES,
+                                   HALF_PRECISION_DTYPES, REFERENCE_MODES)
 from mpo_dist.plan.model_shape import ModelShape
 
 GIB = 1 << 30
 CUDA_CONTEXT_ALLOWANCE_BYTES = 3 * GIB  # CUDA/NCCL context, cuBLAS workspaces, allocator fragmentation
 HOST_RUNTIME_BYTES_PER_RANK = 4 * GIB  # Python + torch + CUDA libraries + data loading, per rank process
-DEEPSPEED_DEFAULT_SUB_GROUP_SIZE = 1_000_000_000  # zero_optimization.sub_group_size default (elements)
-HALF_PRECISION_DTYPES = ("bf16", "fp16")  # both 2 bytes; ZeRO-3 accounting is identical
-GRAD_ACCUM_DTYPES = ("fp32", *HALF_PRECISION_DTYPES)  # DeepSpeed's data_types.grad_accum_dtype
-REFERENCE_MODES = ("online", "cache", "none")
-ATTENTION_KINDS = ("flash", "eager")
 
 PERSISTENT = "persistent"
 FORWARD_BACKWARD = "forward/backward"

@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from mpo_dist.errors import UserError
-
-BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
+from mpo_dist.plan.choices import BUNDLED_MODELS_DIR, bundled_model_names
 
 
 class ModelSpecError(UserError):
@@ -44,10 +43,6 @@ class ModelShape:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def bundled_model_names() -> list[str]:
-    return sorted(path.stem for path in BUNDLED_MODELS_DIR.glob("*.json"))
 
 
 def resolve_config_path(model: str) -> Path:
