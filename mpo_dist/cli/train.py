@@ -17,10 +17,8 @@ def register(subparsers) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from mpo_dist.config import load_config
-    from mpo_dist.engine.engines import leave_process_group
     from mpo_dist.train.launcher import rank_exit_code
     from mpo_dist.train.trainer import Trainer
 
     result = Trainer(load_config(args.config, run_overrides(args))).train()
-    leave_process_group()  # a finished rank leaves cleanly instead of in the interpreter's teardown
     return rank_exit_code(result.exit_code, result.steps_done)

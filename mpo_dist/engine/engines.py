@@ -9,6 +9,7 @@ imported, so the same code runs on a laptop, in CI and on a GPU cluster.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 from dataclasses import dataclass
@@ -92,14 +93,15 @@ def init_distributed() -> DistributedContext:
         with announced_wait("the other ranks to join the process group"):
             deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False,
                                        timeout=collective_timeout())
+        atexit.register(leave_process_group)
     device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
 def leave_process_group() -> None:
-    """End this rank's part of the process group once its last collective is done: gloo's and DeepSpeed's worker
-    threads are joined here instead of being torn down with the interpreter, where a rank can abort ("terminate called
-    without an active exception") and turn a finished job into a failed one."""
+    """Registered at exit by init_distributed, for every entry point (train, precompute-ref, eval, test workers): the
+    process group's worker threads are joined before the interpreter tears down, where a finished rank could abort
+    ("terminate called without an active exception", seen under load) and turn a finished job into a failed one."""
     if dist.is_initialized():
         dist.destroy_process_group()
 

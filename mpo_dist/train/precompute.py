@@ -17,7 +17,7 @@ from mpo_dist.check.preflight import launch_context, preflight
 from mpo_dist.config import Config, ConfigError
 from mpo_dist.data.collate import PreferenceCollator
 from mpo_dist.data.sampler import batches_per_rank, rank_batches
-from mpo_dist.engine.engines import barrier, init_distributed, leave_process_group
+from mpo_dist.engine.engines import barrier, init_distributed
 from mpo_dist.engine.reference_cache import (cached_term_names, prepare_directory, reference_fingerprint,
                                              require_unique_ids, term_tensors, write_index, write_shard)
 from mpo_dist.losses import build_loss
@@ -79,4 +79,3 @@ def precompute_reference(config: Config, out_dir: Path) -> None:
                     [(written[0], written[1], ids) for written, ids in shards if written is not None])
         log.info("precompute-ref: wrote %d examples (%s) to %s", len(examples), ", ".join(cached_term_names(loss)), out_dir)
     barrier()
-    leave_process_group()
