@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mpo_dist.artefact import DamagedArtefactError, read_sealed, write_sealed
+from mpo_dist.artefact import READ_BLOCK, DamagedArtefactError, read_sealed, write_sealed
 
 log = logging.getLogger("mpo_dist")
 
@@ -32,7 +32,6 @@ CACHE_ENV = "MPO_DIST_CACHE"  # mpo-dist's cache root
 DIGESTS_DIR = "file-digests"
 CACHED_FROM_BYTES = 16 << 20  # smaller files (configs, tokenizers, most data) are hashed each time: it costs less
 RACY_WINDOW_NS = 2_000_000_000  # coarser than the timestamps of any file system mpo-dist runs on (FAT: 2 s)
-READ_BLOCK = 16 << 20
 DIGEST_HEX = 32  # 128 bits of the SHA-256
 
 

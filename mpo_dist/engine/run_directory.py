@@ -1,9 +1,9 @@
-"""The run directory (`train.output_dir`) and its rules, in one place: who owns it (train/run_lock.py), which line of
+"""The run directory (`train.output_dir`) and its rules, in one place: who owns it (engine/run_lock.py), which line of
 checkpoint tags a run follows and where a requeue continues, what a fresh start does with earlier tags, the bounded
 space of set-aside lines, log lines of steps that will run again, and COMPLETED.
 
 Every method that changes the directory runs on rank 0 only (the trainer calls them there, under the lock); the
-decisions are pure functions of what rank 0 read (train/tag_lifecycle.py) so they are tested without a run. See
+decisions are pure functions of what rank 0 read (engine/tag_lifecycle.py) so they are tested without a run. See
 docs/checkpoints.md, "The run directory".
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mpo_dist.atomic_write import atomic_write_text, fsync_directory
-from mpo_dist.engine.checkpoint_layout import COMPLETE_MARKER, LATEST_FILE, is_complete, read_marker, tag_dirs
+from mpo_dist.engine.checkpoint_layout import COMPLETE_MARKER, LATEST_FILE, is_complete, read_marker, step_of, tag_dirs
 from mpo_dist.errors import UserError
 from mpo_dist.engine.tag_lifecycle import abandoned_by_resume, set_aside_entries_deleted
 from mpo_dist.run_files import COMPLETED_FILE, EVAL_FILE, METRICS_FILE, SAMPLES_FILE
@@ -29,7 +29,6 @@ LINE_FILE = "line.json"  # checkpoints/line.json: where the current line of tags
 ABANDONED_DIR = "abandoned"  # checkpoints/abandoned/line_NNNN/: the tags of one line a run left behind
 LINE_DIR = re.compile(r"line_(\d+)")
 DELETING_PREFIX = ".deleting-"  # a tag or line renamed away before its files are removed
-ON_EXISTING = ("refuse", "set_aside", "delete")
 
 
 class RunDirectoryError(UserError):
@@ -72,6 +71,14 @@ def delete_tree(path: Path) -> None:
     os.replace(path, doomed)
     fsync_directory(path.parent)
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+def delete_trees(paths: list[Path]) -> int:
+    """`delete_tree` each of `paths`; the bytes they held, for the log line that says what was freed."""
+    size = sum(tree_size(path) for path in paths)
+    for path in paths:
+        delete_tree(path)
+    return size
 
 
 def tag_step(tag_dir: Path) -> int:
@@ -158,10 +165,9 @@ class RunDirectory:
         if resume_dir is None and on_existing == "delete":
             self._delete_everything()
         tags = tag_dirs(self.checkpoints)
-        newer = set(abandoned_by_resume([int(d.name.split("_")[-1]) for d in tags], resumed_step))
+        newer = set(abandoned_by_resume([step_of(d.name) for d in tags], resumed_step))
         origin = resume_dir.resolve() if resume_dir is not None else None
-        self._set_aside([d for d in tags if int(d.name.split("_")[-1]) in newer and d.resolve() != origin],
-                        resumed_step)
+        self._set_aside([d for d in tags if step_of(d.name) in newer and d.resolve() != origin], resumed_step)
         self._apply_budget(protected=origin)
         current = tag_dirs(self.checkpoints)
         latest = self.checkpoints / LATEST_FILE
@@ -179,9 +185,7 @@ class RunDirectory:
             shutil.rmtree(leftover, ignore_errors=True)
         incomplete = [d for d in tag_dirs(self.checkpoints) if not is_complete(d)]
         if incomplete:
-            size = sum(tree_size(d) for d in incomplete)
-            for tag_dir in incomplete:
-                delete_tree(tag_dir)
+            size = delete_trees(incomplete)
             log.warning("removed %d half-written checkpoint tag(s) (%s, no %s marker), freeing %s", len(incomplete),
                         ", ".join(d.name for d in incomplete), COMPLETE_MARKER, gib(size))
 
@@ -189,9 +193,7 @@ class RunDirectory:
         doomed = tag_dirs(self.checkpoints) + self.set_aside_entries()
         if not doomed:
             return
-        size = sum(tree_size(d) for d in doomed)
-        for path in doomed:
-            delete_tree(path)
+        size = delete_trees(doomed)
         log.warning("checkpoint.on_existing=delete: deleted %d earlier checkpoint tag(s) and set-aside line(s) (%s), "
                     "freeing %s", len(doomed), ", ".join(d.name for d in doomed), gib(size))
 
@@ -215,27 +217,23 @@ class RunDirectory:
 
     def _apply_budget(self, protected: Path | None) -> None:
         """Keep the `keep_abandoned` newest set-aside lines (never the one the current line started from)."""
-        entries = self.set_aside_entries()
-        keep = {i for i, entry in enumerate(entries) if protected is not None and protected.is_relative_to(entry.resolve())}
-        doomed = [entries[i] for i in set_aside_entries_deleted(len(entries), self.keep_abandoned, keep)]
+        doomed, size = self._delete_oldest_set_aside(self.keep_abandoned, protected)
         if doomed:
-            size = sum(tree_size(d) for d in doomed)
-            for entry in doomed:
-                delete_tree(entry)
             log.warning("checkpoint.keep_abandoned=%d: deleted the older set-aside line(s) %s, freeing %s",
                         self.keep_abandoned, ", ".join(d.name for d in doomed), gib(size))
 
     def prune_set_aside(self, keep: int) -> tuple[list[Path], int]:
         """`mpo-dist checkpoints prune`: delete all but the `keep` newest set-aside lines; what went and its size."""
         line = self.line()
-        origin = Path(line.origin) if line is not None and line.origin else None
+        return self._delete_oldest_set_aside(keep, Path(line.origin) if line is not None and line.origin else None)
+
+    def _delete_oldest_set_aside(self, keep: int, origin: Path | None) -> tuple[list[Path], int]:
+        """Delete all but the `keep` newest set-aside lines, never the one holding `origin` (where the current line
+        started); what went and the bytes freed."""
         entries = self.set_aside_entries()
         protected = {i for i, entry in enumerate(entries) if origin is not None and origin.is_relative_to(entry.resolve())}
         doomed = [entries[i] for i in set_aside_entries_deleted(len(entries), keep, protected)]
-        size = sum(tree_size(d) for d in doomed)
-        for entry in doomed:
-            delete_tree(entry)
-        return doomed, size
+        return doomed, delete_trees(doomed)
 
     def truncate_logs_after(self, step: int) -> None:
         """Steps after `step` will run (again): drop their earlier log lines so each step appears once (a fresh start

@@ -34,7 +34,7 @@ from mpo_dist.engine.checkpoint_layout import (
     write_marker,
 )
 from mpo_dist.engine.engines import PolicyEngine, barrier, gather_objects
-from mpo_dist.engine.run_directory import delete_tree, gib
+from mpo_dist.engine.run_directory import delete_tree, gib, tree_size
 from mpo_dist.engine.tag_lifecycle import pruned_after_save
 
 log = logging.getLogger("mpo_dist")
@@ -131,7 +131,7 @@ class CheckpointManager:
         previous = self.root / latest.read_text().strip() if latest.is_file() else None
         space = f"{gib(shutil.disk_usage(self.root).free)} free there now"
         if previous is not None:
-            space += f", the previous checkpoint takes {gib(sum(p.stat().st_size for p in previous.rglob('*') if p.is_file()))}"
+            space += f", the previous checkpoint takes {gib(tree_size(previous))}"
         by_reason: dict[str, list[str]] = {}
         for rank, reason in sorted(failures.items()):
             by_reason.setdefault(reason, []).append(str(rank))

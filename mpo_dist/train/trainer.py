@@ -267,8 +267,7 @@ class Trainer:
         try:
             return self._train()
         finally:
-            if self.ctx.is_main:
-                self.run_lock.release()
+            self.run_lock.release()  # held by rank 0 only; a no-op elsewhere
 
     def _train(self) -> TrainResult:
         config = self.config
