@@ -5,6 +5,7 @@ import json
 import logging
 import resource
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -64,7 +65,8 @@ class RunLogger:
                 self.writer.add_scalar(f"{prefix}{name}", value, step)
         named = {f"{prefix}{k}": v for k, v in values.items()}
         with open(self.metrics_file, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": step, **named}) + "\n")
+            # "time" (seconds since the epoch, when the line was written) lines steps up with outside measurements
+            handle.write(json.dumps({"step": step, "time": round(time.time(), 3), **named}) + "\n")
         log.info("step %d %s", step, json.dumps({k: round(v, 6) for k, v in named.items()}))
 
     def advance(self, loss: float) -> None:
