@@ -129,6 +129,8 @@ class LoggingConfig:
     tensorboard: bool = option(True, "write TensorBoard event files")
     progress_bar: bool = option(True, "show a progress bar on rank 0")
     log_samples: bool = option(True, "write the example ids of every step to <output_dir>/samples.jsonl")
+    profile_steps: int = option(0, "profile this many optimiser steps after the run's first with torch.profiler: "
+                                   "a table per rank in <output_dir>/profile/ (0 = off)")
 
 
 @dataclass
@@ -273,7 +275,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key}: must be > 0, got {value}")
     for key, value in {"train.epochs": config.train.epochs, "train.max_steps": config.train.max_steps,
                        "train.eval_every": config.train.eval_every,
-                       "checkpoint.every_steps": config.checkpoint.every_steps}.items():
+                       "checkpoint.every_steps": config.checkpoint.every_steps,
+                       "logging.profile_steps": config.logging.profile_steps}.items():
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0 (0 = off / derived), got {value}")
     _check_optimizer(config.optim)

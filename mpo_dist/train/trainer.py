@@ -52,6 +52,7 @@ from mpo_dist.train.logger import RunLogger, peak_memory, setup_console_logging
 from mpo_dist.train.schedule import warmup_cosine
 from mpo_dist.train.preemption import EXIT_REQUEUE, STOP_FILE, StopRequest
 from mpo_dist.versions import VERSIONS_FILE, installed_versions, run_versions
+from mpo_dist.train.step_profiler import StepProfiler, phase
 from mpo_dist.train.step import ReferencePlan, head_live_fraction, preference_inputs, reference_terms, total_loss
 
 log = logging.getLogger("mpo_dist")
@@ -154,16 +155,21 @@ class Trainer:
         # activations exist, and only its small per-pair terms live on. docs/plan.md's memory phases assume this order.
         plan = ReferencePlan.for_loss(self.loss, batch)
         terms = None
-        if isinstance(self.reference, ReferenceCache):
-            terms = self.reference.terms(batch)
-        elif self.reference is not None and plan.rows:
-            terms = reference_terms(self.reference.forward(batch, plan.rows), plan, batch, self.loss)
-        policy_out = self.policy.forward(batch)
-        base = self.loss(preference_inputs(policy_out, terms, batch, self.loss))
-        mlc = self.config.mlc
-        out = total_loss(base, policy_out, batch, mlc_weight, mlc.tau, mlc.eps)
-        self.policy.backward(out.loss)
-        self.policy.step()
+        with phase("reference"):
+            if isinstance(self.reference, ReferenceCache):
+                terms = self.reference.terms(batch)
+            elif self.reference is not None and plan.rows:
+                terms = reference_terms(self.reference.forward(batch, plan.rows), plan, batch, self.loss)
+        with phase("policy_forward"):
+            policy_out = self.policy.forward(batch)
+        with phase("loss"):
+            base = self.loss(preference_inputs(policy_out, terms, batch, self.loss))
+            mlc = self.config.mlc
+            out = total_loss(base, policy_out, batch, mlc_weight, mlc.tau, mlc.eps)
+        with phase("backward"):
+            self.policy.backward(out.loss)
+        with phase("engine_step"):  # DeepSpeed's step: the optimiser update at the last micro-step of the step
+            self.policy.step()
         return LossOutput(out.loss, out.metrics | {"head/live_fraction": head_live_fraction(batch)})
 
     def optimizer_step(self, step: int) -> tuple[float, dict[str, float], list[str], int]:
@@ -176,14 +182,16 @@ class Trainer:
         example_ids: list[str] = []
         tokens = 0
         for _ in range(accumulation):
-            batch = self.collator([self.train_examples[i] for i in self.sampler.next_batch()])
+            with phase("collate"):
+                batch = self.collator([self.train_examples[i] for i in self.sampler.next_batch()])
             tokens += batch.num_tokens  # counted on the host copy
             out = self.micro_step(batch.to(self.ctx.device), mlc_weight)
             for name, value in {"loss": out.loss.detach(), **out.metrics}.items():
                 value = torch.as_tensor(value, dtype=torch.float64, device=self.ctx.device) / accumulation
                 totals[name] = totals[name] + value if name in totals else value
             example_ids += batch.example_ids
-        metrics, job_tokens = self._reduce_over_ranks(totals, tokens)
+        with phase("metrics_reduce"):
+            metrics, job_tokens = self._reduce_over_ranks(totals, tokens)
         return float(totals["loss"]), metrics, example_ids, job_tokens
 
     def _reduce_over_ranks(self, values: dict[str, torch.Tensor], tokens: int) -> tuple[dict[str, float], int]:
@@ -288,46 +296,50 @@ class Trainer:
         if start_step == 0 and self.eval_examples:
             result.eval_history.append(self.evaluate(0, logger))
         last_save_time = time.monotonic()
+        profiler = StepProfiler(self.output_dir, self.ctx.rank, config.logging.profile_steps, self.ctx.on_gpu)
         try:
-            for step in range(start_step, self.total_steps):
-                started = time.perf_counter()
-                lr = self.policy.lr  # the lr this step's update uses (the scheduler advances after it)
-                loss, metrics, example_ids, tokens = self.optimizer_step(step)
-                done = step + 1
-                result.steps_done, seconds = done, time.perf_counter() - started
-                result.losses.append(loss)
-                self._log_samples(done, example_ids)
-                if done % config.train.log_every == 0 or done == self.total_steps:
-                    logger.scalars(done, metrics | {"lr": lr, "grad_norm": self.policy.grad_norm,
-                                                    "tokens": tokens, "step_seconds": seconds,
-                                                    "tokens_per_s": tokens / seconds, **peak_memory(self.ctx.device)},
-                                   prefix="train/")
-                logger.advance(metrics["loss"])
-                if config.train.eval_every and done % config.train.eval_every == 0 and done < self.total_steps and self.eval_examples:
-                    result.eval_history.append(self.evaluate(done, logger))
-                due_by_steps = bool(config.checkpoint.every_steps) and done % config.checkpoint.every_steps == 0
-                due_by_clock = bool(config.checkpoint.every_minutes) and all_ranks_agree(
-                    time.monotonic() - last_save_time >= 60 * config.checkpoint.every_minutes, self.ctx.device)
-                if (due_by_steps or due_by_clock) and done < self.total_steps:
-                    self.save(done)
-                    last_save_time = time.monotonic()
-                if done < self.total_steps and stop.requested(self.ctx.device):
-                    if not (due_by_steps or due_by_clock):
+            with profiler.running():
+                for step in range(start_step, self.total_steps):
+                    started = time.perf_counter()
+                    lr = self.policy.lr  # the lr this step's update uses (the scheduler advances after it)
+                    with phase("optimizer_step"):
+                        loss, metrics, example_ids, tokens = self.optimizer_step(step)
+                    done = step + 1
+                    result.steps_done, seconds = done, time.perf_counter() - started
+                    result.losses.append(loss)
+                    self._log_samples(done, example_ids)
+                    if done % config.train.log_every == 0 or done == self.total_steps:
+                        logger.scalars(done, metrics | {"lr": lr, "grad_norm": self.policy.grad_norm,
+                                                        "tokens": tokens, "step_seconds": seconds,
+                                                        "tokens_per_s": tokens / seconds, **peak_memory(self.ctx.device)},
+                                       prefix="train/")
+                    logger.advance(metrics["loss"])
+                    profiler.step_done()
+                    if config.train.eval_every and done % config.train.eval_every == 0 and done < self.total_steps and self.eval_examples:
+                        result.eval_history.append(self.evaluate(done, logger))
+                    due_by_steps = bool(config.checkpoint.every_steps) and done % config.checkpoint.every_steps == 0
+                    due_by_clock = bool(config.checkpoint.every_minutes) and all_ranks_agree(
+                        time.monotonic() - last_save_time >= 60 * config.checkpoint.every_minutes, self.ctx.device)
+                    if (due_by_steps or due_by_clock) and done < self.total_steps:
                         self.save(done)
-                    log.warning("stop requested (signal %s or %s file): saved step %d, exiting with %d",
-                                stop.signalled, STOP_FILE, done, EXIT_REQUEUE)
-                    result.exit_code = EXIT_REQUEUE
-                    return result
-            if start_step < self.total_steps:  # resumed at the last step: its evaluation and its tag are already there
-                if self.eval_examples:
-                    result.eval_history.append(self.evaluate(self.total_steps, logger))
-                self.save(self.total_steps)
-            if config.train.save_hf_at_end:
-                export_live_policy(self.policy, Path(config.model.path), self.output_dir / "hf", self.tokenizer,
-                                   torch_dtype(self.dtype_name), self.ctx.rank)
-            if self.ctx.is_main:
-                self.run_dir.write_completed(self.total_steps, self.config_text)
-            barrier()
-            return result
+                        last_save_time = time.monotonic()
+                    if done < self.total_steps and stop.requested(self.ctx.device):
+                        if not (due_by_steps or due_by_clock):
+                            self.save(done)
+                        log.warning("stop requested (signal %s or %s file): saved step %d, exiting with %d",
+                                    stop.signalled, STOP_FILE, done, EXIT_REQUEUE)
+                        result.exit_code = EXIT_REQUEUE
+                        return result
+                if start_step < self.total_steps:  # resumed at the last step: its evaluation and its tag are already there
+                    if self.eval_examples:
+                        result.eval_history.append(self.evaluate(self.total_steps, logger))
+                    self.save(self.total_steps)
+                if config.train.save_hf_at_end:
+                    export_live_policy(self.policy, Path(config.model.path), self.output_dir / "hf", self.tokenizer,
+                                       torch_dtype(self.dtype_name), self.ctx.rank)
+                if self.ctx.is_main:
+                    self.run_dir.write_completed(self.total_steps, self.config_text)
+                barrier()
+                return result
         finally:
             logger.close()
