@@ -63,7 +63,9 @@ class ChunkedLabelLogprobs(torch.autograd.Function):
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             rows = slice(start, start + ctx.chunk_size)
             logits, tanh = _chunk_logits(hidden[rows], weight, bias, ctx.softcap)
-            grad_logits = torch.exp(logits - lse[rows, None]).neg_()
+            # -softmax in the logits' own buffer: no second [chunk, V] temporary (each is fresh memory, page by page,
+            # on a CPU rank with a fixed mmap threshold)
+            grad_logits = logits.sub_(lse[rows, None]).exp_().neg_()
             grad_logits.scatter_add_(1, safe_labels[rows, None], torch.ones_like(lse[rows, None]))
             grad_logits.mul_(row_scale[rows, None])
             if tanh is not None:
