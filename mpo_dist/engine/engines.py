@@ -80,6 +80,10 @@ def init_distributed() -> DistributedContext:
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        # DeepSpeed's CPU accelerator counts its devices from LOCAL_SIZE, which only DeepSpeed's own launcher sets;
+        # without it every count runs `numactl --hardware` in a subprocess, and ZeRO-3 counts once per gradient bucket
+        # (hundreds of forks of a multi-GiB rank per micro-step: docs/benchmarks.md, "Peer benchmark").
+        os.environ.setdefault("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if "RANK" not in os.environ:  # a plain `python` run: a world of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
