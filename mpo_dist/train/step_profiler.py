@@ -24,11 +24,11 @@ def phase(name: str) -> contextlib.AbstractContextManager:
 
 
 class StepProfiler:
-    """Profiles optimiser steps first_step+2 .. first_step+1+steps (the first of the run is the warm-up)."""
+    """Profiles the `steps` optimiser steps after the first one this process runs (that one is the warm-up); a run
+    that ends sooner reports the steps it profiled."""
 
     def __init__(self, output_dir: Path, rank: int, steps: int, on_gpu: bool):
         self.report = output_dir / PROFILE_DIR / f"rank{rank}.txt"
-        self.steps = steps
         self.profiler = None
         if steps > 0:
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
@@ -51,13 +51,14 @@ class StepProfiler:
         averages = finished.key_averages()
         phases = sorted((event for event in averages if event.key.startswith(PHASE_PREFIX)),
                         key=lambda event: -event.cpu_time_total)
-        step_us = next((event.cpu_time_total for event in phases if event.key == PHASE_PREFIX + "optimizer_step"), 0.0)
-        lines = [f"{self.steps} optimiser steps profiled. Phases: wall time on this rank's main thread per step, and "
+        step = next((event for event in phases if event.key == PHASE_PREFIX + "optimizer_step"), None)
+        step_us, profiled = (step.cpu_time_total, step.count) if step is not None else (0.0, 0)
+        lines = [f"{profiled} optimiser steps profiled. Phases: wall time on this rank's main thread per step, and "
                  "the share of the optimiser step (a phase's time includes the phases inside it):", ""]
         for event in phases:
             share = f"{100.0 * event.cpu_time_total / step_us:7.1f} %" if step_us else ""
-            lines.append(f"{event.key[len(PHASE_PREFIX):]:<20} {event.cpu_time_total / 1e3 / self.steps:10.1f} ms{share}"
-                         f"  ({event.count} calls)")
+            per_step_ms = event.cpu_time_total / 1e3 / max(profiled, 1)
+            lines.append(f"{event.key[len(PHASE_PREFIX):]:<20} {per_step_ms:10.1f} ms{share}  ({event.count} calls)")
         table = averages.table(sort_by="self_cpu_time_total", row_limit=40)
         self.report.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.report, "\n".join(lines) + "\n\noperators by their own CPU time:\n" + table + "\n")
