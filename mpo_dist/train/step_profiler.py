@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator
 
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
@@ -35,13 +34,9 @@ class StepProfiler:
             self.profiler = profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=steps, repeat=1),
                                     on_trace_ready=self._write_table)
 
-    @contextlib.contextmanager
-    def running(self) -> Iterator["StepProfiler"]:
-        if self.profiler is None:
-            yield self
-            return
-        with self.profiler:
-            yield self
+    def running(self) -> contextlib.AbstractContextManager:
+        """The profiler's own context, or nothing to enter when profiling is off."""
+        return self.profiler if self.profiler is not None else contextlib.nullcontext()
 
     def step_done(self) -> None:
         if self.profiler is not None:
