@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny model directories (built once per session) and a torchrun launcher for multi-process tests."""
+"""Shared fixtures: tiny model directories and the runs of tests/shared_runs.py (each built once per session), and a
+torchrun launcher for multi-process tests."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from slurm_cluster import slurm_cluster  # noqa: E402,F401  (the one session-wide SLURM cluster fixture)
+from shared_runs import finished, run, two_rank_mpo_run  # noqa: E402,F401  (runs several modules start from)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MULTIPROCESS_TIMEOUT_S = 600

@@ -295,13 +295,23 @@ def test_reference_gap_matches_float64_torch_and_warns_for_an_unaligned_model(ti
 
 
 # ---- train: a bad run stops before the process group ----------------------------------------------------------------
+# The cases run `mpo-dist train` one after the other in one fresh interpreter (one for all: its start-up, torch's import
+# included, costs more than the cases). After each case it reports the exit code and whether DeepSpeed or a process
+# group exists by then; a case that started either leaves it for the later ones too, so it cannot hide. A marker line on
+# stderr before each case splits the stderr of the cases.
 PROBE = """
-import sys, torch.distributed as dist
+import json, sys, torch.distributed as dist
 from mpo_dist.cli import main
-code = main(sys.argv[1:])
-print("deepspeed imported:", "deepspeed" in sys.modules, "process group:", dist.is_initialized())
-sys.exit(code)
+for argv in json.loads(sys.stdin.read()):
+    print("=== case", file=sys.stderr, flush=True)
+    code = main(argv)
+    sys.stderr.flush()
+    print(json.dumps({"code": code, "deepspeed imported": "deepspeed" in sys.modules,
+                      "process group": dist.is_initialized()}), flush=True)
 """
+# config; pre-flight: model directory, layer of the model, data file
+BAD_CONFIGS = [["loss.name=mop"], ["model.path=/no/such/model"], ["mlc.enabled=true", "mlc.layer=99"],
+               ["data.train_files=[EMPTY_PARQUET]"]]
 
 
 def empty_parquet(directory: Path) -> Path:
@@ -313,22 +323,33 @@ def empty_parquet(directory: Path) -> Path:
     return path
 
 
-# config; pre-flight: model directory, layer of the model, data file
-@pytest.mark.parametrize("overrides", [["loss.name=mop"], ["model.path=/no/such/model"],
-                                       ["mlc.enabled=true", "mlc.layer=99"], ["data.train_files=[EMPTY_PARQUET]"]])
-def test_train_with_a_bad_config_exits_2_before_deepspeed_and_creates_nothing(tiny_models: dict[str, Path],
-                                                                             tmp_path: Path, overrides: list[str]) -> None:
-    output_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def bad_train_runs(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """Per BAD_CONFIGS case: its output directory, exit code, stderr and what existed after it."""
+    root = tmp_path_factory.mktemp("bad_train")
+    parquet = str(empty_parquet(root))
+    runs = [{"output_dir": root / f"run{i}"} for i in range(len(BAD_CONFIGS))]
+    argv = [["train", "--set", f"model.path={tiny_models['llama']}", "--set", f"train.output_dir={run['output_dir']}",
+             *sets(*(override.replace("EMPTY_PARQUET", parquet) for override in overrides))]
+            for run, overrides in zip(runs, BAD_CONFIGS)]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MPO_DIST_DEBUG")}
-    overrides = [override.replace("EMPTY_PARQUET", str(empty_parquet(tmp_path))) for override in overrides]
-    result = subprocess.run([sys.executable, "-c", PROBE, "train", "--set", f"model.path={tiny_models['llama']}",
-                             "--set", f"train.output_dir={output_dir}", *sets(*overrides)],
-                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert result.stderr.startswith("mpo-dist train: error: ")
-    assert "deepspeed imported: False process group: False" in result.stdout
-    assert not output_dir.exists()
+    result = subprocess.run([sys.executable, "-c", PROBE], input=json.dumps(argv), capture_output=True, text=True,
+                            cwd=root, env=env, timeout=300)
+    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    stderrs = result.stderr.split("=== case\n")[1:]
+    assert result.returncode == 0 and len(reports) == len(stderrs) == len(runs), result.stdout + result.stderr
+    return [run | report | {"stderr": stderr} for run, report, stderr in zip(runs, reports, stderrs)]
+
+
+@pytest.mark.parametrize("case", range(len(BAD_CONFIGS)), ids=[" ".join(overrides) for overrides in BAD_CONFIGS])
+def test_train_with_a_bad_config_exits_2_before_deepspeed_and_creates_nothing(bad_train_runs: list[dict],
+                                                                             case: int) -> None:
+    run = bad_train_runs[case]
+    assert run["code"] == 2, run["stderr"]
+    assert "Traceback" not in run["stderr"] and len(run["stderr"].strip().splitlines()) == 1, run["stderr"]
+    assert run["stderr"].startswith("mpo-dist train: error: ")
+    assert not run["deepspeed imported"] and not run["process group"]
+    assert not run["output_dir"].exists()
 
 
 def test_mlc_prompts_are_needed_only_for_records_that_train(mpo: list[str], tmp_path: Path) -> None:

@@ -7,63 +7,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from mpo_dist.config import load_config
 from mpo_dist.engine.checkpoint_layout import record_files, tag_files, verify, write_marker
 from mpo_dist.engine.checkpoint_resume import resolve_resume
-from mpo_dist.train.trainer import Trainer
 
 from conftest import REPO_ROOT, read_jsonl, torchrun
+# the fixtures `finished` (a one-rank run: tags 2, 4, 6) and `run` (a copy of it for each test) come from there too
+from shared_runs import STEPS, settings, tag, tags, train
 from slurm_cluster import LAUNCHER_VARIABLES
 
-STEPS = 6
 SHARD = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
-
-
-def settings(model: Path, run: Path, *, steps: int = STEPS, resume: str = "none", keep_last: int = 5,
-             every: int = 2) -> list[str]:
-    return [f"model.path={model}", f"train.output_dir={run}", f"train.max_steps={steps}",
-            f"checkpoint.every_steps={every}", f"checkpoint.keep_last={keep_last}", f"checkpoint.resume={resume}",
-            "loss.name=simpo", "data.languages=[en]", "data.eval_files=[sample:heldout]", "data.max_length=64",
-            "data.max_prompt_length=32", "logging.tensorboard=false", "logging.progress_bar=false"]
-
-
-def train(model: Path, run: Path, **options) -> int:
-    return Trainer(load_config(None, settings(model, run, **options))).train().exit_code
-
-
-def tags(run: Path, under: str = "checkpoints") -> list[str]:
-    return sorted(p.name for p in (run / under).iterdir() if p.name.startswith("step_"))
-
-
-def tag(run: Path, step: int) -> Path:
-    return run / "checkpoints" / f"step_{step:08d}"
 
 
 def flip_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-
-
-@pytest.fixture(scope="module")
-def finished(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted one-rank run: tags at steps 2, 4 and 6, evaluations at steps 0 and 6, COMPLETED."""
-    run = tmp_path_factory.mktemp("lifecycle") / "run"
-    assert train(tiny_models["llama"], run) == 0
-    assert tags(run) == ["step_00000002", "step_00000004", "step_00000006"]
-    return run
-
-
-@pytest.fixture
-def run(finished: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(finished, tmp_path / "run"))
 
 
 def test_keep_last_1_with_a_damaged_newest_tag_keeps_the_fallback_runs_save(run: Path, tiny_models: dict[str, Path],
@@ -146,13 +110,19 @@ def snapshot(run: Path) -> dict[str, tuple[int, bytes]]:
 
 def test_a_refused_resume_changes_nothing_and_the_launcher_exits_2_once(run: Path,
                                                                         tiny_models: dict[str, Path]) -> None:
+    """Also the launcher's contract for a user error both ranks meet (tests/test_launcher_exit_codes.py): exit 2, our
+    line once and last, right after the line naming torchrun's report, no traceback."""
     # tags written by 1 rank, a 2-rank launch: refused before any engine or file is touched
     before = snapshot(run)
     result = launch_train(run, tiny_models["llama"])
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     ours = [line for line in result.stderr.splitlines() if line.startswith("mpo-dist train: error: ")]
     assert len(ours) == 1 and "was written by 1 ranks and this run has 2" in ours[0], result.stderr[-3000:]
-    assert result.stderr.rstrip().splitlines()[-1] == ours[0]  # the last word, after torchrun's own report
+    lines = result.stderr.rstrip().splitlines()
+    assert lines[-1] == ours[0] and lines[-2].startswith("torchrun's report")  # the last word, after torchrun's report
+    assert [line for line in lines if "error:" in line] == [ours[0]]  # two ranks met it, printed once
+    assert "Traceback" not in result.stdout + result.stderr and "ChildFailedError" not in result.stdout + result.stderr
+    Path(lines[-2].rsplit(": ", 1)[1]).unlink()  # torchrun's report, a temporary file the launcher leaves for a look
     assert snapshot(run) == before  # config.json, versions.json, COMPLETED, logs: untouched
     assert not (run / "checkpoints" / "abandoned").exists() and tags(run) == ["step_00000002", "step_00000004",
                                                                              "step_00000006"]

@@ -14,39 +14,31 @@ from pathlib import Path
 import pytest
 
 from mpo_dist.cli import main as cli_main
+from mpo_dist.config import load_config
+from mpo_dist.engine.checkpoint_layout import CheckpointError
+from mpo_dist.train.trainer import Trainer
 
-from conftest import REPO_ROOT, read_jsonl, train_cli
+from conftest import read_jsonl
+from shared_runs import TWO_RANK_SAVED_STEP as SAVED_STEP, TWO_RANK_STEPS as STEPS, two_rank_mpo_settings
 
 pytestmark = pytest.mark.multiprocess
 
-STEPS, SAVED_STEP = 6, 3
 
-
-def base_overrides(model: Path) -> list[str]:
-    return [
-        f"model.path={model}", f"train.max_steps={STEPS}", "train.micro_batch_size=2", "optim.lr=5e-3",
-        f"checkpoint.every_steps={SAVED_STEP}", "checkpoint.keep_last=5", "data.languages=[sw]", "data.max_length=96",
-        "data.max_prompt_length=48", "data.eval_files=[]", "loss.name=mpo", "logging.progress_bar=false",
-        "logging.tensorboard=false",
-    ]
+def train_one_rank(overrides: list[str]) -> int:
+    """One rank: this process (the trainer's one-process path, as `mpo-dist train` without a launcher runs it)."""
+    return Trainer(load_config(None, overrides)).train().exit_code
 
 
 def per_step(run: Path, file_name: str, key: str) -> dict[int, object]:
     return {row["step"]: row[key] for row in read_jsonl(run / file_name) if key in row}
 
 
-@pytest.fixture(scope="module")
-def full_run(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The uninterrupted 2-rank run (it saves step SAVED_STEP on the way); Qwen2 ties its embeddings, so the shared
-    weight must survive the conversion too."""
-    run = tmp_path_factory.mktemp("universal") / "full"
-    train_cli(2, base_overrides(tiny_models["qwen2"]) + [f"train.output_dir={run}"], REPO_ROOT)
-    return run
-
-
-def test_two_ranks_to_universal_to_one_rank_continues_the_run(full_run: Path, tiny_models: dict[str, Path], tmp_path: Path,
+def test_two_ranks_to_universal_to_one_rank_continues_the_run(two_rank_mpo_run: Path, tiny_models: dict[str, Path],
+                                                               tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    full, resumed, universal = full_run, tmp_path / "resumed", tmp_path / "universal"
+    """The 2-rank run is tests/shared_runs.py's (it saves step SAVED_STEP on the way); Qwen2 ties its embeddings, so
+    the shared weight must survive the conversion too."""
+    full, resumed, universal = two_rank_mpo_run, tmp_path / "resumed", tmp_path / "universal"
     checkpoint = full / "checkpoints" / f"step_{SAVED_STEP:08d}"
 
     assert cli_main(["convert-universal", str(checkpoint), str(universal), "--workers", "1"]) == 0
@@ -55,9 +47,11 @@ def test_two_ranks_to_universal_to_one_rank_continues_the_run(full_run: Path, ti
     assert (universal / "latest_universal").read_text().strip() == checkpoint.name
     assert not list(universal.glob(".*partial*"))
 
-    one_rank = base_overrides(tiny_models["qwen2"]) + ["train.gradient_accumulation=2"]  # global batch 1 x 2 x 2 = 2 x 2
-    result = train_cli(1, one_rank + [f"train.output_dir={resumed}", f"checkpoint.resume={converted}"], REPO_ROOT)
-    assert f"resumed from {converted} at step {SAVED_STEP}" in result.stdout + result.stderr
+    # 1 rank x micro-batch 2 x accumulation 2: the 2-rank run's global batch of 4
+    one_rank = two_rank_mpo_settings(tiny_models["qwen2"]) + ["train.gradient_accumulation=2"]
+    capsys.readouterr()
+    assert train_one_rank(one_rank + [f"train.output_dir={resumed}", f"checkpoint.resume={converted}"]) == 0
+    assert f"resumed from {converted} at step {SAVED_STEP}" in capsys.readouterr().out
 
     later = list(range(SAVED_STEP + 1, STEPS + 1))
     full_losses, resumed_losses = per_step(full, "metrics.jsonl", "train/loss"), per_step(resumed, "metrics.jsonl", "train/loss")
@@ -80,13 +74,13 @@ def test_two_ranks_to_universal_to_one_rank_continues_the_run(full_run: Path, ti
     assert not (tmp_path / "out" / checkpoint.name).exists()
 
 
-def test_resuming_sharded_checkpoint_at_other_world_size_says_convert(full_run: Path, tiny_models: dict[str, Path],
+def test_resuming_sharded_checkpoint_at_other_world_size_says_convert(two_rank_mpo_run: Path,
+                                                                     tiny_models: dict[str, Path],
                                                                      tmp_path: Path) -> None:
     """The plain ZeRO-3 shards fit only the world size that wrote them; the error names the fix."""
-    checkpoint = full_run / "checkpoints" / f"step_{SAVED_STEP:08d}"
-    one_rank = base_overrides(tiny_models["qwen2"]) + ["train.gradient_accumulation=2"]
-    result = train_cli(1, one_rank + [f"train.output_dir={tmp_path}", f"checkpoint.resume={checkpoint}"], REPO_ROOT, check=False)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert f"checkpoint {checkpoint} was written by 2 ranks and this run has 1" in output
-    assert f"mpo-dist convert-universal {checkpoint}" in output
+    checkpoint = two_rank_mpo_run / "checkpoints" / f"step_{SAVED_STEP:08d}"
+    one_rank = two_rank_mpo_settings(tiny_models["qwen2"]) + ["train.gradient_accumulation=2"]
+    with pytest.raises(CheckpointError) as refused:
+        train_one_rank(one_rank + [f"train.output_dir={tmp_path}", f"checkpoint.resume={checkpoint}"])
+    assert f"checkpoint {checkpoint} was written by 2 ranks and this run has 1" in str(refused.value)
+    assert f"mpo-dist convert-universal {checkpoint}" in str(refused.value)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mpo_dist.cli import main
 from mpo_dist.data.schema import DataError
 from mpo_dist.eval.errors import EvalError
 from mpo_dist.eval.generation import left_pad, plan_batches
@@ -104,10 +105,11 @@ def test_two_ranks_generate_what_one_rank_generates(tiny_models: dict[str, Path]
               "--languages", "en,zh,sw", "--limit", "12", "--max-new-tokens", "6", "--batch-size", "4", "--greedy",
               "--benign", "sample:benign"]
     outputs = {}
+    result = torchrun(2, common + ["--out", str(tmp_path / "out2")], REPO_ROOT)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert main(common[2:] + ["--out", str(tmp_path / "out1")]) == 0  # one rank: this process, no launcher to start
     for nproc in (2, 1):
         out = tmp_path / f"out{nproc}"
-        result = torchrun(nproc, common + ["--out", str(out)], REPO_ROOT)
-        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
         outputs[nproc] = (read_jsonl(out / "generations.jsonl"), json.loads((out / "metrics.json").read_text()))
     (two_rank_rows, two_rank_metrics), (one_rank_rows, one_rank_metrics) = outputs[2], outputs[1]
     assert two_rank_metrics["settings"]["processes"] == "2" and one_rank_metrics["settings"]["processes"] == "1"

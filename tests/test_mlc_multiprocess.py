@@ -110,8 +110,13 @@ def mlc_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return model, subset
 
 
-def run_worker(config: Path, overrides: list[str]) -> None:
-    result = torchrun(2, [str(REPO_ROOT / "tests/workers/mlc_inspect.py"), "--config", str(config), *overrides], REPO_ROOT)
+def run_worker(*runs: tuple[Path, list[str]]) -> None:
+    """tests/workers/mlc_inspect.py on each run (config file, overrides), one after the other in one 2-rank launch."""
+    args = [str(REPO_ROOT / "tests/workers/in_sequence.py")]
+    for i, (config, overrides) in enumerate(runs):
+        args += (["--"] if i else []) + [str(REPO_ROOT / "tests/workers/mlc_inspect.py"), "--config", str(config),
+                                         *overrides]
+    result = torchrun(2, args, REPO_ROOT)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
 
@@ -139,26 +144,34 @@ def check_partitioned_and_learning(run_dir: Path) -> dict[int, dict]:
     return metrics
 
 
-@pytest.mark.multiprocess
-def test_dpo_mlc_two_processes(mlc_setup: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def full_runs(mlc_setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The uninterrupted DPO+MLC and MPO+MLC runs from the example configs, in one launch (each a run directory)."""
     model, subset = mlc_setup
-    # an intermediate layer here (the MPO run reads the final one), so both ways of taking the states run under ZeRO-3
-    run_worker(REPO_ROOT / "configs/sample_dpo_mlc.yaml", small_run(model, subset, tmp_path) + ["mlc.layer=1"])
-    metrics = check_partitioned_and_learning(tmp_path)
+    root = tmp_path_factory.mktemp("mlc_runs")
+    # an intermediate layer for DPO (the MPO run reads the final one), so both ways of taking the states run under ZeRO-3
+    run_worker((REPO_ROOT / "configs/sample_dpo_mlc.yaml", small_run(model, subset, root / "dpo") + ["mlc.layer=1"]),
+               (REPO_ROOT / "configs/sample_mpo_mlc.yaml", small_run(model, subset, root / "mpo")))
+    return {"dpo": root / "dpo", "mpo": root / "mpo"}
+
+
+@pytest.mark.multiprocess
+def test_dpo_mlc_two_processes(full_runs: dict[str, Path]) -> None:
+    metrics = check_partitioned_and_learning(full_runs["dpo"])
     assert metrics[STEPS]["train/rewards/margin"] > metrics[1]["train/rewards/margin"] + 1.0
 
 
 @pytest.mark.multiprocess
-def test_mpo_mlc_two_processes_and_exact_resume(mlc_setup: tuple[Path, Path], tmp_path: Path) -> None:
+def test_mpo_mlc_two_processes_and_exact_resume(mlc_setup: tuple[Path, Path], full_runs: dict[str, Path],
+                                                tmp_path: Path) -> None:
     model, subset = mlc_setup
-    full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
+    full_dir, resumed_dir = full_runs["mpo"], tmp_path / "resumed"
     config = REPO_ROOT / "configs/sample_mpo_mlc.yaml"
-    run_worker(config, small_run(model, subset, full_dir))
     full_metrics = check_partitioned_and_learning(full_dir)
     assert full_metrics[STEPS]["train/mpo/l1"] < 0.5 * full_metrics[1]["train/mpo/l1"]
 
     checkpoint = full_dir / "checkpoints" / tag_for(RESUME_STEP)
-    run_worker(config, small_run(model, subset, resumed_dir) + [f"checkpoint.resume={checkpoint}"])
+    run_worker((config, small_run(model, subset, resumed_dir) + [f"checkpoint.resume={checkpoint}"]))
     saved = checkpoint_weights(full_dir, RESUME_STEP)
     full, resumed = (torch.load(run / "mlc_projection.pt") for run in (full_dir, resumed_dir))
     for name in PROJECTION:

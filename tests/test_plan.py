@@ -223,28 +223,31 @@ def test_half_gradient_accumulation_is_two_bytes_per_param_below_the_estimator(s
 LIVE_ENGINE_SCRIPT = r"""
 import json, os, sys, torch, deepspeed
 from transformers import AutoConfig, AutoModelForCausalLM
-config = json.loads(sys.argv[1]); model_type = config.pop("model_type"); ds_config = json.loads(sys.argv[2])
-torch.manual_seed(0)
-model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config))
-engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
-ids = torch.randint(0, 1000, (1, 16))
-engine.backward(engine(input_ids=ids, labels=ids).loss); engine.step()
-opt = engine.optimizer
-nbytes = lambda t: t.numel() * t.element_size()
-adam = sum(nbytes(v) for s in opt.optimizer.state.values() for k, v in s.items() if k in ("exp_avg", "exp_avg_sq"))
-print("RESULT " + json.dumps({
-    "lp_params": nbytes(opt.lp_param_buffer),
-    "grad_partitions": nbytes(opt.grad_partitions_flat_buffer),
-    "fp32_master_and_adam": sum(nbytes(t) for t in opt.fp32_partitioned_groups_flat) + adam,
-    "fp32_grads_after_step": [t.grad is not None for t in opt.fp32_partitioned_groups_flat],
-    "reduce_bucket": sum(nbytes(b.buffer) for b in opt.ipg_buckets.values()),
-    "largest_sub_group": max(t.numel() for t in opt.fp32_partitioned_groups_flat)}))
+config = json.loads(sys.argv[1]); model_type = config.pop("model_type")
+for ds_config in json.loads(sys.argv[2]):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config))
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    ids = torch.randint(0, 1000, (1, 16))
+    engine.backward(engine(input_ids=ids, labels=ids).loss); engine.step()
+    opt = engine.optimizer
+    nbytes = lambda t: t.numel() * t.element_size()
+    adam = sum(nbytes(v) for s in opt.optimizer.state.values() for k, v in s.items() if k in ("exp_avg", "exp_avg_sq"))
+    print("RESULT " + json.dumps({
+        "lp_params": nbytes(opt.lp_param_buffer),
+        "grad_partitions": nbytes(opt.grad_partitions_flat_buffer),
+        "fp32_master_and_adam": sum(nbytes(t) for t in opt.fp32_partitioned_groups_flat) + adam,
+        "fp32_grads_after_step": [t.grad is not None for t in opt.fp32_partitioned_groups_flat],
+        "reduce_bucket": sum(nbytes(b.buffer) for b in opt.ipg_buckets.values()),
+        "largest_sub_group": max(t.numel() for t in opt.fp32_partitioned_groups_flat)}), flush=True)
+    del engine, opt, model
 """
 
 
 LIVE_ENGINE_CONFIG = {"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True},
                       "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
                       "zero_optimization": {"stage": 3, "sub_group_size": 50000, "reduce_bucket_size": 12345}}
+GRAD_ACCUM_DTYPES = ["fp32", "bf16"]
 
 
 def _free_port() -> int:
@@ -253,21 +256,29 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _live_engine(ds_config: dict) -> dict:
-    """The tensors a one-rank ZeRO-3 engine on CPU holds after one step of the tiny model under `ds_config`."""
+def _live_engines(ds_configs: list[dict]) -> list[dict]:
+    """The tensors a one-rank ZeRO-3 engine on CPU holds after one step of the tiny model, under each of `ds_configs`
+    in turn (one interpreter for all: its start-up costs more than the engines)."""
     env = os.environ | {"DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
                         "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "PYTHONPATH": str(REPO_ROOT)}
-    completed = subprocess.run([sys.executable, "-c", LIVE_ENGINE_SCRIPT, json.dumps(TINY_CONFIG), json.dumps(ds_config)],
-                               env=env, capture_output=True, text=True, timeout=600)
+    completed = subprocess.run([sys.executable, "-c", LIVE_ENGINE_SCRIPT, json.dumps(TINY_CONFIG),
+                                json.dumps(ds_configs)], env=env, capture_output=True, text=True, timeout=600)
     result_lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-    assert result_lines, completed.stdout[-3000:] + completed.stderr[-3000:]
-    return json.loads(result_lines[0].removeprefix("RESULT "))
+    assert len(result_lines) == len(ds_configs), completed.stdout[-3000:] + completed.stderr[-3000:]
+    return [json.loads(line.removeprefix("RESULT ")) for line in result_lines]
 
 
-@pytest.mark.parametrize("grad_accum_dtype", ["fp32", "bf16"])
-def test_persistent_model_states_match_a_live_deepspeed_engine(shapes, grad_accum_dtype):
+@pytest.fixture(scope="module")
+def live_engines() -> dict[str, dict]:
+    """grad_accum_dtype -> what the live engine with LIVE_ENGINE_CONFIG and that gradient dtype holds."""
+    configs = [LIVE_ENGINE_CONFIG | {"data_types": {"grad_accum_dtype": dtype}} for dtype in GRAD_ACCUM_DTYPES]
+    return dict(zip(GRAD_ACCUM_DTYPES, _live_engines(configs)))
+
+
+@pytest.mark.parametrize("grad_accum_dtype", GRAD_ACCUM_DTYPES)
+def test_persistent_model_states_match_a_live_deepspeed_engine(shapes, live_engines, grad_accum_dtype):
     """One-rank ZeRO-3 engine on CPU: the bytes it really holds are the bytes the planner charges."""
-    live = _live_engine(LIVE_ENGINE_CONFIG | {"data_types": {"grad_accum_dtype": grad_accum_dtype}})
+    live = live_engines[grad_accum_dtype]
     settings = PlanSettings(nodes=1, gpus_per_node=1, gpu_mem_gib=80, cpu_mem_gib=64, reduce_bucket_size=12345,
                             sub_group_size=50000, grad_accum_dtype=grad_accum_dtype)
     planned = _bytes_by_name(plan_memory(shapes["tiny"], settings).gpu)

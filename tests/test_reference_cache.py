@@ -12,15 +12,21 @@ from mpo_dist.data.loading import resolve_path
 from mpo_dist.engine.reference_cache import INDEX_FILE, ReferenceCache, StaleReferenceCacheError, reference_fingerprint
 from mpo_dist.fingerprint import fingerprint_differences
 
-from conftest import REPO_ROOT, read_jsonl, torchrun, train_cli
+from conftest import REPO_ROOT, read_jsonl, torchrun
 
 STEPS = 5
 COMPARED = ("train/loss", "train/mpo/l1", "train/mpo/l2", "train/mpo/anchor_ref_gap")
 
 
+def cli_args(command: str, *options: str, overrides: list[str]) -> list[str]:
+    return ["-m", "mpo_dist.cli", command, *options, *(part for override in overrides for part in ("--set", override))]
+
+
 @pytest.fixture(scope="module")
 def precomputed(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One 2-process precompute-ref run; returns the overrides of the run it belongs to and the cache directory."""
+    """One 2-process launch (tests/workers/in_sequence.py): precompute-ref, then the run it belongs to trained with
+    the online reference engine (ROOT/online) and from the cache (ROOT/cached). Returns the overrides of that run, the
+    cache directory and the launch's output."""
     root = tmp_path_factory.mktemp("reference_cache")
     subset = root / "eight.jsonl"
     subset.write_text("".join(resolve_path("sample:train").read_text().splitlines(keepends=True)[:8]))
@@ -32,21 +38,20 @@ def precomputed(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathF
                  "train.micro_batch_size=1", f"train.max_steps={STEPS}", "optim.lr=1e-3", "optim.warmup_ratio=0",
                  "optim.min_lr_ratio=1.0", "logging.progress_bar=false", "logging.tensorboard=false"]
     cache = root / "cache"
-    args = ["-m", "mpo_dist.cli", "precompute-ref", "--out", str(cache)]
-    for override in overrides:
-        args += ["--set", override]
-    result = torchrun(2, args, REPO_ROOT)
+    online = overrides + [f"train.output_dir={root / 'online'}"]
+    cached = overrides + [f"train.output_dir={root / 'cached'}", "engine.reference=cache",
+                          f"engine.reference_cache={cache}"]
+    result = torchrun(2, [str(REPO_ROOT / "tests/workers/in_sequence.py"),
+                          *cli_args("precompute-ref", "--out", str(cache), overrides=overrides), "--",
+                          *cli_args("train", overrides=online), "--", *cli_args("train", overrides=cached)], REPO_ROOT)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return {"root": root, "overrides": overrides, "cache": cache}
+    return {"root": root, "overrides": overrides, "cache": cache, "output": result.stdout + result.stderr}
 
 
 @pytest.mark.multiprocess
 def test_cached_reference_gives_the_online_losses(precomputed: dict) -> None:
-    root, overrides = precomputed["root"], precomputed["overrides"]
-    train_cli(2, overrides + [f"train.output_dir={root / 'online'}"], REPO_ROOT)
-    cached_run = train_cli(2, overrides + [f"train.output_dir={root / 'cached'}", "engine.reference=cache",
-                                           f"engine.reference_cache={precomputed['cache']}"], REPO_ROOT)
-    assert "no reference engine" in cached_run.stdout
+    root = precomputed["root"]
+    assert f"reference terms from the cache {precomputed['cache']}: no reference engine" in precomputed["output"]
     online, cached = (read_jsonl(root / run / "metrics.jsonl") for run in ("online", "cached"))
     online, cached = ([row for row in rows if "train/loss" in row] for rows in (online, cached))
     assert [row["step"] for row in online] == [row["step"] for row in cached] == list(range(1, STEPS + 1))

@@ -24,7 +24,7 @@ from mpo_dist.train.trainer import Trainer
 
 from conftest import REPO_ROOT, read_jsonl
 from slurm_cluster import LAUNCHER_VARIABLES, wait_for
-from test_checkpoint_lifecycle import finished, run, settings, tag, tags  # noqa: F401  (fixtures: tags 2, 4, 6)
+from shared_runs import settings, tag, tags  # and the fixture `run`: a copy of a finished run, tags 2, 4, 6
 
 QUIET = ["data.eval_files=[]"]  # no held-out evaluation: these tests are about tags and lines
 
@@ -205,26 +205,28 @@ def test_a_live_holder_is_named_and_a_lingering_lock_of_this_requeued_job_is_tak
         holder.communicate("", timeout=60)
 
 
-def two_rank_train(run: Path, model: Path, steps: int, launcher: bool) -> subprocess.Popen:
+def two_rank_train(run: Path, model: Path, steps: int) -> subprocess.Popen:
+    """`bash launch/train.sh` with 2 ranks on this test's virtualenv, its pre-check off (these tests are about the
+    ranks)."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES} | {
         "NPROC": "2", "MPO_DIST_VENV": sys.prefix, "OMP_NUM_THREADS": "1", "CHECK": "0"}
     overrides = [part for s in settings(model, run, steps=steps, every=steps) + QUIET for part in ("--set", s)]
-    command = (["bash", str(REPO_ROOT / "launch/train.sh")] if launcher else
-               [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
-                "mpo_dist.cli", "train"]) + overrides
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(["bash", str(REPO_ROOT / "launch/train.sh"), *overrides], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.multiprocess
 def test_a_second_training_into_the_same_directory_is_refused_and_the_first_completes(
         tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """Both under launch/train.sh. The first, ended by a STOP file, also carries the launcher's contract for a graceful
+    stop of the real trainer (tests/test_launcher_exit_codes.py): exit 75 once both ranks saved, one last line."""
     run = tmp_path / "run"
-    first = two_rank_train(run, tiny_models["llama"], steps=200, launcher=False)
+    first = two_rank_train(run, tiny_models["llama"], steps=200)
     try:
         wait_for(lambda: first.poll() is not None or ((run / "samples.jsonl").is_file() and steps_logged(run)),
                  300, "the first run's first step")
         assert first.poll() is None, first.communicate()
-        second = two_rank_train(run, tiny_models["llama"], steps=200, launcher=True)
+        second = two_rank_train(run, tiny_models["llama"], steps=200)
         _, err = second.communicate(timeout=300)
         assert second.returncode == 2, err[-3000:]
         assert err.rstrip().splitlines()[-1].startswith(f"mpo-dist train: error: train.output_dir {run} is in use by "
@@ -236,6 +238,14 @@ def test_a_second_training_into_the_same_directory_is_refused_and_the_first_comp
             first.kill()
     done = steps_logged(run)
     assert done == list(range(1, len(done) + 1)), out[-2000:] + err[-2000:]  # every step once, in order
+    assert len(done) < 200
     metrics = [row["step"] for row in read_jsonl(run / "metrics.jsonl") if "train/loss" in row]
     assert metrics == done
-    assert (run / "checkpoints" / f"step_{done[-1]:08d}" / "COMPLETE").is_file()
+    assert first.returncode == 75, out[-3000:] + err[-3000:]
+    assert err.strip().splitlines()[-1] == (f"mpo-dist train: stopped at step {done[-1]}: every rank saved it and "
+                                            "exited; continue with --resume auto (exit 75)")
+    assert "Traceback" not in out + err and "SIGTERM" not in out + err
+    tag_dir = run / "checkpoints" / f"step_{done[-1]:08d}"
+    assert (tag_dir / "COMPLETE").is_file()
+    assert {p.name for p in tag_dir.glob("*_optim_states.pt")} == {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"
+                                                                   for r in range(2)}

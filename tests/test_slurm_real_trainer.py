@@ -1,9 +1,10 @@
 """The real trainer under the real sbatch template on the 2-node local SLURM cluster (one rank per node, gloo):
-a plain run that checkpoints; a USR1 preemption that checkpoints, requeues, resumes and ends with exactly the planned
-optimiser steps, every step once and no sample trained twice or skipped within an epoch; and a node lost mid-run, after
-which SLURM requeues the job (NODE_FAIL, the template's --requeue) and it resumes from the newest complete checkpoint
-with the same guarantees; and a job started with an explicit --resume of an older tag, preempted and requeued, which
-continues its own line instead of starting again from that tag."""
+a node lost mid-run, after which SLURM requeues the job (NODE_FAIL, the template's --requeue) and it resumes from the
+newest complete checkpoint; and one line of jobs that covers the plain run, USR1 preemption and an explicit --resume:
+a plain run that checkpoints, then a job started with --resume of one of its older tags, preempted by USR1 and
+requeued, which continues its own line instead of starting again from that tag. Both end with exactly the planned
+optimiser steps, every step once and no sample trained twice or skipped within an epoch. Each job start costs tens of
+seconds (the check, then torchrun on both nodes), so the plain run and the preemption share the jobs of that line."""
 from __future__ import annotations
 
 import hashlib
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.slurm
 
 JOB_TIMEOUT_S = 420
 EXAMPLES_PER_EPOCH = 64  # English-only SimPO on sample:train: one example per record
+STEPS_PER_EPOCH = EXAMPLES_PER_EPOCH // 4  # a global batch of 4: world size 2 x micro-batch 2
 
 
 def submit(cluster: SlurmCluster, tmp_path: Path, model: Path, steps: int, *trainer_args: str) -> tuple[int, Path]:
@@ -53,41 +55,10 @@ def wait_for_steps(cluster: SlurmCluster, job_id: int, tmp_path: Path, steps: in
     wait_for(trained, JOB_TIMEOUT_S, f"{steps} trained steps")
 
 
-def test_real_template_trains_on_two_nodes_and_checkpoints(slurm_cluster: SlurmCluster, tiny_models: dict[str, Path],
-                                                          tmp_path: Path) -> None:
-    job_id, run_dir = submit(slurm_cluster, tmp_path, tiny_models["llama"], steps=6)
-    job = slurm_cluster.wait_until_finished(job_id, JOB_TIMEOUT_S)
-    assert job["JobState"] == "COMPLETED", logs(tmp_path)
-    completed = json.loads((run_dir / "COMPLETED").read_text())  # bound to the config it was trained with
-    assert completed == {"steps": 6, "config_sha256": hashlib.sha256((run_dir / "config.json").read_bytes()).hexdigest()}
-    assert (run_dir / "checkpoints" / "step_00000006" / "COMPLETE").is_file()
-    steps = read_jsonl(run_dir / "samples.jsonl")
-    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
-    assert all(len(s["ids"]) == 2 * 2 for s in steps)  # world size 2 (one rank per node) x micro-batch 2
-
-
-def test_usr1_preemption_resumes_without_losing_or_repeating_samples(slurm_cluster: SlurmCluster,
-                                                                   tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    planned = 24
-    job_id, run_dir = submit(slurm_cluster, tmp_path, tiny_models["llama"], steps=planned)
-    samples = run_dir / "samples.jsonl"
-    wait_for_steps(slurm_cluster, job_id, tmp_path, 2)
-    slurm_cluster.command("scancel", "--signal=USR1", "--batch", str(job_id))
-    job = slurm_cluster.wait_until_finished(job_id, JOB_TIMEOUT_S)
-    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", logs(tmp_path)
-
-    steps = read_jsonl(samples)
-    assert [s["step"] for s in steps] == list(range(1, planned + 1)), logs(tmp_path)  # every step exactly once
-    first_epoch = [i for s in steps[: EXAMPLES_PER_EPOCH // 4] for i in s["ids"]]
-    assert len(first_epoch) == len(set(first_epoch)) == EXAMPLES_PER_EPOCH  # nothing repeated, nothing skipped
-    losses = [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in row]
-    assert losses == list(range(1, planned + 1))
-
-
 def test_lost_node_requeues_and_resumes_from_the_newest_checkpoint(slurm_cluster: SlurmCluster,
                                                                   tiny_models: dict[str, Path], tmp_path: Path) -> None:
     """node2 (rank 1, not the batch host) vanishes after step 7: its slurmd, step daemon and trainer are SIGKILLed."""
-    planned = EXAMPLES_PER_EPOCH // 4  # one epoch: every example exactly once
+    planned = STEPS_PER_EPOCH  # one epoch: every example exactly once
     job_id, run_dir = submit(slurm_cluster, tmp_path, tiny_models["llama"], steps=planned)
     samples = run_dir / "samples.jsonl"
     wait_for_steps(slurm_cluster, job_id, tmp_path, 7)
@@ -109,12 +80,21 @@ def test_lost_node_requeues_and_resumes_from_the_newest_checkpoint(slurm_cluster
 
 def test_a_requeue_after_an_explicit_resume_continues_its_own_line(slurm_cluster: SlurmCluster,
                                                                    tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    """Tags 5 and 10; then `sbatch slurm/train.sbatch --resume RUN/checkpoints/step_00000005`, USR1 after step 18. The
-    requeued job gets the same --resume again (SLURM replays the arguments); it must continue from the tag its first
-    start saved at the stop, not go back to step 5 (pruned by then) or set aside its own line's tags."""
+    """A plain 10-step run: tags 5 and 10, COMPLETED bound to its config. Then `sbatch slurm/train.sbatch --resume
+    RUN/checkpoints/step_00000005` for two epochs, USR1 after step 18. The requeued job gets the same --resume again
+    (SLURM replays the arguments); it must continue from the tag its first start saved at the stop, not go back to
+    step 5 (pruned by then) or set aside its own line's tags; and across the explicit resume and the preemption each
+    epoch trains every example exactly once."""
     job_id, run_dir = submit(slurm_cluster, tmp_path, tiny_models["llama"], steps=10)
     assert slurm_cluster.wait_until_finished(job_id, JOB_TIMEOUT_S)["JobState"] == "COMPLETED", logs(tmp_path)
-    planned = 30
+    completed = json.loads((run_dir / "COMPLETED").read_text())  # bound to the config it was trained with
+    assert completed == {"steps": 10, "config_sha256": hashlib.sha256((run_dir / "config.json").read_bytes()).hexdigest()}
+    assert (run_dir / "checkpoints" / "step_00000010" / "COMPLETE").is_file()
+    steps = read_jsonl(run_dir / "samples.jsonl")
+    assert [s["step"] for s in steps] == list(range(1, 11))
+    assert all(len(s["ids"]) == 2 * 2 for s in steps)  # world size 2 (one rank per node) x micro-batch 2
+
+    planned = 2 * STEPS_PER_EPOCH
     origin = run_dir / "checkpoints" / "step_00000005"
     job_id, _ = submit(slurm_cluster, tmp_path, tiny_models["llama"], planned, "--resume", str(origin))
     wait_for_steps(slurm_cluster, job_id, tmp_path, 18)
@@ -127,8 +107,13 @@ def test_a_requeue_after_an_explicit_resume_continues_its_own_line(slurm_cluster
 
     assert f"resumed from {origin} at step 5" in node_logs(0), logs(tmp_path)
     resumed = re.findall(rf"resumed from {re.escape(str(run_dir / 'checkpoints'))}/step_(\d+) at step (\d+)", node_logs(1))
-    assert len(resumed) == 1 and int(resumed[0][1]) >= 18, logs(tmp_path)  # the stop's save, not step 5
+    assert len(resumed) == 1 and 18 <= int(resumed[0][1]) < planned, logs(tmp_path)  # the stop's save, not step 5
     steps = read_jsonl(run_dir / "samples.jsonl")
     assert [s["step"] for s in steps] == list(range(1, planned + 1)), logs(tmp_path)  # no step twice after the requeue
+    for epoch in range(2):  # the first crosses the explicit resume, the second the preemption
+        trained = [i for s in steps[epoch * STEPS_PER_EPOCH: (epoch + 1) * STEPS_PER_EPOCH] for i in s["ids"]]
+        assert len(trained) == len(set(trained)) == EXAMPLES_PER_EPOCH, epoch  # nothing repeated, nothing skipped
+    losses = [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in row]
+    assert losses == list(range(1, planned + 1))
     abandoned = run_dir / "checkpoints" / "abandoned"
     assert {p.relative_to(abandoned).as_posix() for p in abandoned.glob("*/step_*")} == {"line_0001/step_00000010"}

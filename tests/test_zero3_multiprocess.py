@@ -10,6 +10,7 @@ import pytest
 from mpo_dist.data.loading import resolve_path
 
 from conftest import REPO_ROOT, read_jsonl, torchrun, train_cli
+from shared_runs import two_rank_mpo_settings
 
 pytestmark = pytest.mark.multiprocess
 
@@ -19,23 +20,39 @@ COMMON = [
 ]
 
 
-@pytest.mark.canary
-def test_partitioned_policy_offloaded_reference_and_loss_goes_down(tmp_path: Path) -> None:
+FAMILIES = ("llama", "gemma2")  # the fused-head check: untied head; tied head with Gemma-2's final-logit soft-cap
+
+
+@pytest.fixture(scope="module")
+def worker_runs(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 2-rank launch (tests/workers/in_sequence.py) of tests/workers/zero3_inspect.py, writing ROOT/inspect, then
+    tests/workers/head_gradients.py on each of FAMILIES, writing ROOT/<family>."""
     from mpo_dist.models.tiny import init_tiny
 
+    root = tmp_path_factory.mktemp("zero3_workers")
     # a random model with large weights has O(1) reward gaps that differ between languages, so MPO's L1 starts large
-    model = init_tiny(tmp_path / "model", "llama", seed=1, initializer_range=0.3)
+    model = init_tiny(root / "model", "llama", seed=1, initializer_range=0.3)
     # 4 records = one global batch (2 ranks x 2), so every step sees the same pairs and the loss must fall
-    subset = tmp_path / "four.jsonl"
+    subset = root / "four.jsonl"
     subset.write_text("".join(resolve_path("sample:train").read_text().splitlines(keepends=True)[:4]))
-    overrides = COMMON + [f"model.path={model}", f"train.output_dir={tmp_path}", "train.max_steps=8",
-                          f"data.train_files=[{subset}]", "optim.lr=1e-4", "optim.warmup_ratio=0", "optim.min_lr_ratio=1.0"]
-    args = [str(REPO_ROOT / "tests/workers/zero3_inspect.py")]
-    for override in overrides:
-        args.append(override)
+    inspect = COMMON + [f"model.path={model}", f"train.output_dir={root / 'inspect'}", "train.max_steps=8",
+                        f"data.train_files=[{subset}]", "optim.lr=1e-4", "optim.warmup_ratio=0",
+                        "optim.min_lr_ratio=1.0"]
+    workers = REPO_ROOT / "tests/workers"
+    args = [str(workers / "in_sequence.py"), str(workers / "zero3_inspect.py"), *inspect]
+    for family in FAMILIES:
+        args += ["--", str(workers / "head_gradients.py"), f"model.path={tiny_models[family]}",
+                 f"train.output_dir={root / family}", "model.attn_implementation=eager", "loss.name=simpo",
+                 "model.logprob_chunk_size=7", "train.micro_batch_size=2", "data.eval_files=[]", "data.max_length=64",
+                 "data.max_prompt_length=32", "logging.tensorboard=false", "logging.progress_bar=false"]
     result = torchrun(2, args, REPO_ROOT)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    reports = [json.loads((tmp_path / f"inspect_rank{r}.json").read_text()) for r in range(2)]
+    return root
+
+
+@pytest.mark.canary
+def test_partitioned_policy_offloaded_reference_and_loss_goes_down(worker_runs: Path) -> None:
+    reports = [json.loads((worker_runs / "inspect" / f"inspect_rank{r}.json").read_text()) for r in range(2)]
     for report in reports:
         assert report["world_size"] == 2 and report["exit_code"] == 0
         for engine in ("policy", "reference"):
@@ -54,11 +71,10 @@ def test_partitioned_policy_offloaded_reference_and_loss_goes_down(tmp_path: Pat
 
 
 @pytest.mark.canary
-def test_exact_resume_same_losses_and_samples(tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    base = COMMON + [f"model.path={tiny_models['qwen2']}", "train.max_steps=6", "optim.lr=5e-3", "checkpoint.every_steps=3",
-                     "checkpoint.keep_last=5"]
-    full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
-    train_cli(2, base + [f"train.output_dir={full_dir}"], REPO_ROOT)
+def test_exact_resume_same_losses_and_samples(two_rank_mpo_run: Path, tiny_models: dict[str, Path],
+                                             tmp_path: Path) -> None:
+    base = two_rank_mpo_settings(tiny_models["qwen2"])
+    full_dir, resumed_dir = two_rank_mpo_run, tmp_path / "resumed"
     checkpoint = full_dir / "checkpoints" / "step_00000003"
     assert (checkpoint / "COMPLETE").is_file()
     train_cli(2, base + [f"train.output_dir={resumed_dir}", f"checkpoint.resume={checkpoint}"], REPO_ROOT)
@@ -94,17 +110,11 @@ def check_job_tokens(overrides: list[str], run: Path) -> None:
         assert logged["train/tokens_per_s"] == pytest.approx(logged["train/tokens"] / logged["train/step_seconds"])
 
 
-def test_fused_head_under_zero3_matches_plain_model(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+def test_fused_head_under_zero3_matches_plain_model(worker_runs: Path) -> None:
     """Losses and full gradients of one SimPO step: ZeRO-3 (2 ranks) + log-prob head vs the plain HF model in float64."""
-    for family in ("llama", "gemma2"):  # untied head; tied head with Gemma-2's final-logit soft-cap
-        out = tmp_path / family
-        overrides = [f"model.path={tiny_models[family]}", f"train.output_dir={out}", "model.attn_implementation=eager",
-                     "loss.name=simpo", "model.logprob_chunk_size=7", "train.micro_batch_size=2", "data.eval_files=[]",
-                     "data.max_length=64", "data.max_prompt_length=32", "logging.tensorboard=false", "logging.progress_bar=false"]
-        result = torchrun(2, [str(REPO_ROOT / "tests/workers/head_gradients.py"), *overrides], REPO_ROOT)
-        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    for family in FAMILIES:
         for rank in range(2):
-            report = json.loads((out / f"head_rank{rank}.json").read_text())
+            report = json.loads((worker_runs / family / f"head_rank{rank}.json").read_text())
             assert report["checked"] > 10
             assert report["loss"] == pytest.approx(report["reference_loss"], rel=1e-5), (family, rank)
             assert report["worst_grad_rel_error"] < 1e-4, (family, rank, report)
