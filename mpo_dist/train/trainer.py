@@ -90,6 +90,7 @@ class Trainer:
         self.config_text = json.dumps(to_dict(config), indent=2)  # what config.json holds and COMPLETED is bound to
         self.run_dir = RunDirectory(self.output_dir, keep_abandoned=config.checkpoint.keep_abandoned)
         self.run_lock = RunLock(self.output_dir)
+        self._last_save_time = 0.0  # checkpoint.every_minutes counts from the last save; the loop starts it
         resume = decided_by_rank0(self._own_run_directory, "take the run directory's lock and read its line")
         try:
             self._prepare(inputs, resume)
@@ -270,6 +271,60 @@ class Trainer:
         return int(state["step"])
 
     # ---- the loop -----------------------------------------------------------------------------------------------
+    def _step_and_log(self, step: int, logger: RunLogger, result: TrainResult) -> None:
+        """One optimiser step, its samples and (every log_every steps and at the last) its metrics."""
+        config = self.config
+        started = time.perf_counter()
+        lr = self.policy.lr  # the lr this step's update uses (the scheduler advances after it)
+        with phase("optimizer_step"):
+            loss, metrics, example_ids, tokens = self.optimizer_step(step)
+        done = step + 1
+        result.steps_done, seconds = done, time.perf_counter() - started
+        result.losses.append(loss)
+        self._log_samples(done, example_ids)
+        if done % config.train.log_every == 0 or done == self.total_steps:
+            logger.scalars(done, metrics | {"lr": lr, "grad_norm": self.policy.grad_norm, "tokens": tokens,
+                                            "step_seconds": seconds, "tokens_per_s": tokens / seconds,
+                                            **peak_memory(self.ctx.device)}, prefix="train/")
+        logger.advance(metrics["loss"])
+
+    def _between_steps(self, done: int, logger: RunLogger, stop: StopRequest, result: TrainResult) -> bool:
+        """After step `done` (not the last): evaluate and save when due, then honour a stop request (signal or STOP
+        file) by saving this step and setting EXIT_REQUEUE. True when the run stops here."""
+        config = self.config
+        if done == self.total_steps:
+            return False  # the last step's evaluation and tag are _finish's
+        if config.train.eval_every and done % config.train.eval_every == 0 and self.eval_examples:
+            result.eval_history.append(self.evaluate(done, logger))
+        due_by_steps = bool(config.checkpoint.every_steps) and done % config.checkpoint.every_steps == 0
+        due_by_clock = bool(config.checkpoint.every_minutes) and all_ranks_agree(
+            time.monotonic() - self._last_save_time >= 60 * config.checkpoint.every_minutes, self.ctx.device)
+        if due_by_steps or due_by_clock:
+            self.save(done)
+            self._last_save_time = time.monotonic()
+        if not stop.requested(self.ctx.device):
+            return False
+        if not (due_by_steps or due_by_clock):
+            self.save(done)
+        log.warning("stop requested (signal %s or %s file): saved step %d, exiting with %d", stop.signalled, STOP_FILE,
+                    done, EXIT_REQUEUE)
+        result.exit_code = EXIT_REQUEUE
+        return True
+
+    def _finish(self, start_step: int, logger: RunLogger, result: TrainResult) -> None:
+        """The end of a completed run: the final evaluation and tag, the HF export if asked, COMPLETED."""
+        config = self.config
+        if start_step < self.total_steps:  # resumed at the last step: its evaluation and its tag are already there
+            if self.eval_examples:
+                result.eval_history.append(self.evaluate(self.total_steps, logger))
+            self.save(self.total_steps)
+        if config.train.save_hf_at_end:
+            export_live_policy(self.policy, Path(config.model.path), self.output_dir / "hf", self.tokenizer,
+                               torch_dtype(self.dtype_name), self.ctx.rank)
+        if self.ctx.is_main:
+            self.run_dir.write_completed(self.total_steps, self.config_text)
+        barrier()
+
     def train(self) -> TrainResult:
         """Run to the end or to a stop request; the run directory's lock is released whatever happens."""
         try:
@@ -295,51 +350,16 @@ class Trainer:
         result = TrainResult(exit_code=0, steps_done=start_step)
         if start_step == 0 and self.eval_examples:
             result.eval_history.append(self.evaluate(0, logger))
-        last_save_time = time.monotonic()
+        self._last_save_time = time.monotonic()
         profiler = StepProfiler(self.output_dir, self.ctx.rank, config.logging.profile_steps, self.ctx.on_gpu)
         try:
             with profiler.running():
                 for step in range(start_step, self.total_steps):
-                    started = time.perf_counter()
-                    lr = self.policy.lr  # the lr this step's update uses (the scheduler advances after it)
-                    with phase("optimizer_step"):
-                        loss, metrics, example_ids, tokens = self.optimizer_step(step)
-                    done = step + 1
-                    result.steps_done, seconds = done, time.perf_counter() - started
-                    result.losses.append(loss)
-                    self._log_samples(done, example_ids)
-                    if done % config.train.log_every == 0 or done == self.total_steps:
-                        logger.scalars(done, metrics | {"lr": lr, "grad_norm": self.policy.grad_norm,
-                                                        "tokens": tokens, "step_seconds": seconds,
-                                                        "tokens_per_s": tokens / seconds, **peak_memory(self.ctx.device)},
-                                       prefix="train/")
-                    logger.advance(metrics["loss"])
+                    self._step_and_log(step, logger, result)
                     profiler.step_done()
-                    if config.train.eval_every and done % config.train.eval_every == 0 and done < self.total_steps and self.eval_examples:
-                        result.eval_history.append(self.evaluate(done, logger))
-                    due_by_steps = bool(config.checkpoint.every_steps) and done % config.checkpoint.every_steps == 0
-                    due_by_clock = bool(config.checkpoint.every_minutes) and all_ranks_agree(
-                        time.monotonic() - last_save_time >= 60 * config.checkpoint.every_minutes, self.ctx.device)
-                    if (due_by_steps or due_by_clock) and done < self.total_steps:
-                        self.save(done)
-                        last_save_time = time.monotonic()
-                    if done < self.total_steps and stop.requested(self.ctx.device):
-                        if not (due_by_steps or due_by_clock):
-                            self.save(done)
-                        log.warning("stop requested (signal %s or %s file): saved step %d, exiting with %d",
-                                    stop.signalled, STOP_FILE, done, EXIT_REQUEUE)
-                        result.exit_code = EXIT_REQUEUE
+                    if self._between_steps(step + 1, logger, stop, result):
                         return result
-                if start_step < self.total_steps:  # resumed at the last step: its evaluation and its tag are already there
-                    if self.eval_examples:
-                        result.eval_history.append(self.evaluate(self.total_steps, logger))
-                    self.save(self.total_steps)
-                if config.train.save_hf_at_end:
-                    export_live_policy(self.policy, Path(config.model.path), self.output_dir / "hf", self.tokenizer,
-                                       torch_dtype(self.dtype_name), self.ctx.rank)
-                if self.ctx.is_main:
-                    self.run_dir.write_completed(self.total_steps, self.config_text)
-                barrier()
+                self._finish(start_step, logger, result)
                 return result
         finally:
             logger.close()
