@@ -87,7 +87,7 @@ mpo_dist_setup_env() {
     # CPU ranks: glibc's malloc raises its mmap threshold after every large free (up to 32 MiB), so freed tensors stay
     # resident; fixed thresholds cap that. 4 MiB keeps a step's layer-sized tensors in the heap (below it every one is
     # fresh memory from the kernel, page-faulted in on every step: over a quarter of a rank's CPU time) and returns
-    # larger ones. SmolLM2-135M DPO on 2 ranks: 21 s per step at 3.9 GiB per rank, against 34 s at 2.6 GiB with a
+    # larger ones. SmolLM2-135M DPO on 2 ranks: 21 s per step at 3.9 GiB per rank, against 30-34 s at 2.6 GiB with a
     # 64 KiB threshold (docs/models.md, "CPU memory"). Set your own values to override.
     export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-4194304}" MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-1048576}"
     if [ "$built_now" = 1 ]; then
