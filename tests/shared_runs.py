@@ -30,11 +30,16 @@ def settings(model: Path, run: Path, *, steps: int = STEPS, resume: str = "none"
             "data.max_prompt_length=32", "logging.tensorboard=false", "logging.progress_bar=false"]
 
 
-def train(model: Path, run: Path, **options) -> int:
+def train_overrides(overrides: list[str]) -> int:
+    """The real trainer on one rank, in this process (as `mpo-dist train` without a launcher runs it): its exit code."""
     from mpo_dist.config import load_config
     from mpo_dist.train.trainer import Trainer  # here, not at the top: conftest imports this module for every test
 
-    return Trainer(load_config(None, settings(model, run, **options))).train().exit_code
+    return Trainer(load_config(None, overrides)).train().exit_code
+
+
+def train(model: Path, run: Path, **options) -> int:
+    return train_overrides(settings(model, run, **options))
 
 
 def tags(run: Path, under: str = "checkpoints") -> list[str]:

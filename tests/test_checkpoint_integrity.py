@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 
 from mpo_dist.cli import main as cli_main
-from mpo_dist.config import load_config
 from mpo_dist.engine.checkpoint_layout import CheckpointError, verify
 from mpo_dist.engine.offline_export import read_client_state
 from mpo_dist.engine.checkpoint_resume import resolve_resume
-from mpo_dist.train.trainer import Trainer
 
 from conftest import REPO_ROOT, read_jsonl, train_cli
+from shared_runs import train_overrides
 
 STEPS = 4
 SHARD = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
@@ -37,7 +36,7 @@ def settings(model: Path, run: Path, steps: int = STEPS, resume: str = "none") -
 
 
 def train(model: Path, run: Path, steps: int = STEPS, resume: str = "none") -> int:
-    return Trainer(load_config(None, settings(model, run, steps, resume))).train().exit_code
+    return train_overrides(settings(model, run, steps, resume))
 
 
 @pytest.fixture(scope="module")

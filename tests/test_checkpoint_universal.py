@@ -14,19 +14,13 @@ from pathlib import Path
 import pytest
 
 from mpo_dist.cli import main as cli_main
-from mpo_dist.config import load_config
 from mpo_dist.engine.checkpoint_layout import CheckpointError
-from mpo_dist.train.trainer import Trainer
 
 from conftest import read_jsonl
-from shared_runs import TWO_RANK_SAVED_STEP as SAVED_STEP, TWO_RANK_STEPS as STEPS, two_rank_mpo_settings
+from shared_runs import (TWO_RANK_SAVED_STEP as SAVED_STEP, TWO_RANK_STEPS as STEPS, train_overrides,
+                         two_rank_mpo_settings)
 
 pytestmark = pytest.mark.multiprocess
-
-
-def train_one_rank(overrides: list[str]) -> int:
-    """One rank: this process (the trainer's one-process path, as `mpo-dist train` without a launcher runs it)."""
-    return Trainer(load_config(None, overrides)).train().exit_code
 
 
 def per_step(run: Path, file_name: str, key: str) -> dict[int, object]:
@@ -50,7 +44,7 @@ def test_two_ranks_to_universal_to_one_rank_continues_the_run(two_rank_mpo_run: 
     # 1 rank x micro-batch 2 x accumulation 2: the 2-rank run's global batch of 4
     one_rank = two_rank_mpo_settings(tiny_models["qwen2"]) + ["train.gradient_accumulation=2"]
     capsys.readouterr()
-    assert train_one_rank(one_rank + [f"train.output_dir={resumed}", f"checkpoint.resume={converted}"]) == 0
+    assert train_overrides(one_rank + [f"train.output_dir={resumed}", f"checkpoint.resume={converted}"]) == 0
     assert f"resumed from {converted} at step {SAVED_STEP}" in capsys.readouterr().out
 
     later = list(range(SAVED_STEP + 1, STEPS + 1))
@@ -81,6 +75,6 @@ def test_resuming_sharded_checkpoint_at_other_world_size_says_convert(two_rank_m
     checkpoint = two_rank_mpo_run / "checkpoints" / f"step_{SAVED_STEP:08d}"
     one_rank = two_rank_mpo_settings(tiny_models["qwen2"]) + ["train.gradient_accumulation=2"]
     with pytest.raises(CheckpointError) as refused:
-        train_one_rank(one_rank + [f"train.output_dir={tmp_path}", f"checkpoint.resume={checkpoint}"])
+        train_overrides(one_rank + [f"train.output_dir={tmp_path}", f"checkpoint.resume={checkpoint}"])
     assert f"checkpoint {checkpoint} was written by 2 ranks and this run has 1" in str(refused.value)
     assert f"mpo-dist convert-universal {checkpoint}" in str(refused.value)

@@ -15,22 +15,21 @@ from pathlib import Path
 
 import pytest
 
-from mpo_dist.config import load_config
 from mpo_dist.data.loading import resolve_path
 from mpo_dist.engine.run_directory import RunDirectoryError
 from mpo_dist.engine.run_lock import LOCK_FILE, RunDirectoryBusy, RunLock, read_holder
 from mpo_dist.train.data_identity import ChangedDataError
-from mpo_dist.train.trainer import Trainer
 
 from conftest import REPO_ROOT, read_jsonl
 from slurm_cluster import LAUNCHER_VARIABLES, wait_for
-from shared_runs import settings, tag, tags  # and the fixture `run`: a copy of a finished run, tags 2, 4, 6
+# and the fixture `run`: a copy of a finished run, tags 2, 4, 6
+from shared_runs import settings, tag, tags, train_overrides
 
 QUIET = ["data.eval_files=[]"]  # no held-out evaluation: these tests are about tags and lines
 
 
 def run_trainer(model: Path, run: Path, *extra: str, **options) -> int:
-    return Trainer(load_config(None, settings(model, run, **options) + QUIET + list(extra))).train().exit_code
+    return train_overrides(settings(model, run, **options) + QUIET + list(extra))
 
 
 def steps_logged(run: Path) -> list[int]:
