@@ -36,5 +36,5 @@ setup(
         "test": ["pytest>=8.0", "triton>=3.6,<4", "matplotlib>=3.8", "gguf>=0.17", "accelerate>=1.0",
                  "lm-eval>=0.4.13,<0.5"],
     },
-    entry_points={"console_scripts": ["mpo-dist=mpo_dist.cli:main"]},
+    entry_points={"console_scripts": ["mpo-dist=mpo_dist.cli:run"]},
 )

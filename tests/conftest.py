@@ -21,6 +21,7 @@ from shared_runs import finished, run, two_rank_mpo_run  # noqa: E402,F401  (run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MULTIPROCESS_TIMEOUT_S = 600
+IN_SEQUENCE = REPO_ROOT / "tests/workers/in_sequence.py"
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +35,11 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def torchrun(nproc: int, args: list[str], cwd: Path, env: dict[str, str] | None = None,
              timeout: int = MULTIPROCESS_TIMEOUT_S) -> subprocess.CompletedProcess:
-    """Run `python -m torch.distributed.run --standalone` with `args`; the output is kept for the failure message."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
+    """Run `python -m torch.distributed.run --standalone` with tests/workers/in_sequence.py and `args` (one or several
+    workers, `--` between them), so that the ranks end as `mpo-dist` ends them; the output is kept for the failure
+    message."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               str(IN_SEQUENCE), *args]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 

@@ -112,7 +112,7 @@ def mlc_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def run_worker(*runs: tuple[Path, list[str]]) -> None:
     """tests/workers/mlc_inspect.py on each run (config file, overrides), one after the other in one 2-rank launch."""
-    args = [str(REPO_ROOT / "tests/workers/in_sequence.py")]
+    args: list[str] = []
     for i, (config, overrides) in enumerate(runs):
         args += (["--"] if i else []) + [str(REPO_ROOT / "tests/workers/mlc_inspect.py"), "--config", str(config),
                                          *overrides]

@@ -41,8 +41,7 @@ def precomputed(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathF
     online = overrides + [f"train.output_dir={root / 'online'}"]
     cached = overrides + [f"train.output_dir={root / 'cached'}", "engine.reference=cache",
                           f"engine.reference_cache={cache}"]
-    result = torchrun(2, [str(REPO_ROOT / "tests/workers/in_sequence.py"),
-                          *cli_args("precompute-ref", "--out", str(cache), overrides=overrides), "--",
+    result = torchrun(2, [*cli_args("precompute-ref", "--out", str(cache), overrides=overrides), "--",
                           *cli_args("train", overrides=online), "--", *cli_args("train", overrides=cached)], REPO_ROOT)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return {"root": root, "overrides": overrides, "cache": cache, "output": result.stdout + result.stderr}

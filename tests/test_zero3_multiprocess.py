@@ -39,7 +39,7 @@ def worker_runs(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathF
                         f"data.train_files=[{subset}]", "optim.lr=1e-4", "optim.warmup_ratio=0",
                         "optim.min_lr_ratio=1.0"]
     workers = REPO_ROOT / "tests/workers"
-    args = [str(workers / "in_sequence.py"), str(workers / "zero3_inspect.py"), *inspect]
+    args = [str(workers / "zero3_inspect.py"), *inspect]
     for family in FAMILIES:
         args += ["--", str(workers / "head_gradients.py"), f"model.path={tiny_models[family]}",
                  f"train.output_dir={root / family}", "model.attn_implementation=eager", "loss.name=simpo",

@@ -1,15 +1,18 @@
 """`mpo-dist`, the only entry layer: this module builds the parser and runs one sub-command; each sub-command is a
 module of this package (its options, then one call into the library, imported inside the call so that `--help` loads
-no torch). `main` is the one place where a user's mistake becomes exit 2: one line, or `check`'s whole report."""
+no torch). `main` is the one place where a user's mistake becomes exit 2: one line, or `check`'s whole report; `run`
+is the program (`mpo-dist`, `python -m mpo_dist.cli`), which ends a rank as engine/process_exit.py says."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from typing import NoReturn
 
 from mpo_dist.cli import (check, checkpoints, compare, config_keys, demo, evaluate, import_gguf, init_tiny, plan,
                           precompute_ref, run_tags, train)
 from mpo_dist.check.report import CheckReportFailed
+from mpo_dist.engine.process_exit import exit_process
 from mpo_dist.errors import DEBUG_ENV, ERROR_FILE_ENV, EXIT_USER_ERROR, UserError
 
 # In the order `mpo-dist --help` lists them.
@@ -49,3 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(line, file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def run() -> NoReturn:
+    """The program: main() with the command line, then the exit of engine/process_exit.py (main itself returns, so
+    that tests and tests/workers/in_sequence.py can call it in-process)."""
+    exit_process(main())

@@ -25,6 +25,7 @@ from mpo_dist.data.packing import attention_implementation
 from mpo_dist.engine.checkpoint_layout import CheckpointError
 from mpo_dist.engine.ds_config import with_reduce_bucket_capped
 from mpo_dist.engine.op_builds import wait_for_build_locks
+from mpo_dist.engine.process_exit import note_process_group_joined
 from mpo_dist.engine.waits import announced_wait
 from mpo_dist.models.activation_checkpointing import enable_activation_checkpointing
 from mpo_dist.models.alignment_model import AlignmentModel, ModelOutputs
@@ -98,14 +99,15 @@ def init_distributed() -> DistributedContext:
             deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False,
                                        timeout=collective_timeout())
         atexit.register(leave_process_group)
+        note_process_group_joined()
     device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
 def leave_process_group() -> None:
     """Registered at exit by init_distributed, for every entry point (train, precompute-ref, eval, test workers): the
-    process group's worker threads are joined before the interpreter tears down, where a finished rank could abort
-    ("terminate called without an active exception", seen under load) and turn a finished job into a failed one."""
+    group leaves torch's registry while the interpreter is whole. Its worker threads can outlive this (whatever still
+    holds the group keeps them), which is why a rank ends through engine/process_exit.py, without the teardown."""
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mpo_dist.data.schema import ParallelRecord
+from mpo_dist.engine.process_exit import note_process_group_joined
 from mpo_dist.eval.benchmarks import LmEvalOptions, check_tasks, parse_lm_eval_options
 from mpo_dist.eval.errors import EvalError
 from mpo_dist.eval.readers import read_eval_data
@@ -61,6 +62,7 @@ def init_context() -> EvalContext:
     owns = world_size > 1 and not dist.is_initialized()
     if owns:
         dist.init_process_group(backend="nccl" if on_gpu else "gloo")
+        note_process_group_joined()
     rank = dist.get_rank() if dist.is_initialized() else 0
     return EvalContext(rank, dist.get_world_size() if dist.is_initialized() else 1, device, owns)
 

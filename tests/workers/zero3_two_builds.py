@@ -13,6 +13,7 @@ import deepspeed
 import torch
 
 from mpo_dist.engine.engines import init_distributed
+from mpo_dist.engine.process_exit import exit_process
 from mpo_dist.engine.zero3_loading import load_causal_lm
 
 INPUT_IDS = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
@@ -38,3 +39,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_process(0)  # a world of one with DeepSpeed's engines: ends as `mpo-dist` ends a rank
