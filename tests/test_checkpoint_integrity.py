@@ -21,7 +21,7 @@ from mpo_dist.engine.offline_export import read_client_state
 from mpo_dist.engine.checkpoint_resume import resolve_resume
 
 from conftest import REPO_ROOT, read_jsonl, train_cli
-from shared_runs import train_overrides
+from shared_runs import tag, train_overrides
 
 STEPS = 4
 SHARD = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
@@ -51,10 +51,6 @@ def finished(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFact
 def run(finished: Path, tmp_path: Path) -> Path:
     """A copy of the finished run that a test may damage."""
     return Path(shutil.copytree(finished, tmp_path / "run"))
-
-
-def tag(run: Path, step: int) -> Path:
-    return run / "checkpoints" / f"step_{step:08d}"
 
 
 def truncate(path: Path) -> None:

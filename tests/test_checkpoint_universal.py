@@ -17,7 +17,7 @@ from mpo_dist.cli import main as cli_main
 from mpo_dist.engine.checkpoint_layout import CheckpointError
 
 from conftest import read_jsonl
-from shared_runs import (TWO_RANK_SAVED_STEP as SAVED_STEP, TWO_RANK_STEPS as STEPS, train_overrides,
+from shared_runs import (TWO_RANK_SAVED_STEP as SAVED_STEP, TWO_RANK_STEPS as STEPS, tag, train_overrides,
                          two_rank_mpo_settings)
 
 pytestmark = pytest.mark.multiprocess
@@ -33,7 +33,7 @@ def test_two_ranks_to_universal_to_one_rank_continues_the_run(two_rank_mpo_run: 
     """The 2-rank run is tests/shared_runs.py's (it saves step SAVED_STEP on the way); Qwen2 ties its embeddings, so
     the shared weight must survive the conversion too."""
     full, resumed, universal = two_rank_mpo_run, tmp_path / "resumed", tmp_path / "universal"
-    checkpoint = full / "checkpoints" / f"step_{SAVED_STEP:08d}"
+    checkpoint = tag(full, SAVED_STEP)
 
     assert cli_main(["convert-universal", str(checkpoint), str(universal), "--workers", "1"]) == 0
     converted = universal / checkpoint.name
@@ -72,7 +72,7 @@ def test_resuming_sharded_checkpoint_at_other_world_size_says_convert(two_rank_m
                                                                      tiny_models: dict[str, Path],
                                                                      tmp_path: Path) -> None:
     """The plain ZeRO-3 shards fit only the world size that wrote them; the error names the fix."""
-    checkpoint = two_rank_mpo_run / "checkpoints" / f"step_{SAVED_STEP:08d}"
+    checkpoint = tag(two_rank_mpo_run, SAVED_STEP)
     one_rank = two_rank_mpo_settings(tiny_models["qwen2"]) + ["train.gradient_accumulation=2"]
     with pytest.raises(CheckpointError) as refused:
         train_overrides(one_rank + [f"train.output_dir={tmp_path}", f"checkpoint.resume={checkpoint}"])
